@@ -1,0 +1,1157 @@
+"""Stage 1: run ordinary torch code on symbolic tensors and read off a SymPy expression.
+
+A :class:`SymbolicTensor` is a storage-less ``torch.Tensor`` subclass whose elements are
+SymPy expressions, held in a numpy object array of the tensor's shape. Its
+``__torch_dispatch__`` sees ATen operators, after torch has already collapsed the many
+spellings of one operation (``torch.exp``, ``Tensor.exp``, ``x.exp_()``) into one, and
+answers each with a rule from :data:`TORCH_TO_SYMPY`. Operators without a rule fall back
+to torch's own decompositions into simpler operators.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import inspect
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import sympy
+import torch
+from sympy.codegen.cfunctions import expm1 as sympy_expm1
+from sympy.codegen.cfunctions import log1p as sympy_log1p
+from torch._decomp import decomposition_table
+
+from ._errors import TraceError
+
+aten = torch.ops.aten
+
+#: Functions of small tensors are traced element by element; above this many input
+#: elements the symbolic Jacobian grows too fast (see NOTES: softmax of 100 symbols takes minutes).
+MAX_SYMBOLIC_ELEMENTS = 100
+
+_FIX_REGISTER = (
+    "Register a rule with autocheck.register_torch_op({op!r}, rule), where rule takes the "
+    "operator's arguments (numpy object arrays of SymPy expressions for tensors) and returns "
+    "the result array, or pass reference=<the same math written with supported operations>."
+)
+
+
+# --------------------------------------------------------------------------------------
+# Conversions between torch values and SymPy
+# --------------------------------------------------------------------------------------
+
+
+def exact_number(value: Any) -> sympy.Expr:
+    """A Python or numpy scalar as an exact SymPy number.
+
+    Floats become the rational that their shortest repr spells (0.1 -> 1/10): that is what
+    the user wrote, it is within half an ULP of the float, and it keeps derivatives free
+    of 53-bit folding of constants such as pi.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return sympy.true if value else sympy.false
+    if isinstance(value, (int, np.integer)):
+        return sympy.Integer(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return sympy.nan
+    if math.isinf(value):
+        return sympy.oo if value > 0 else -sympy.oo
+    return sympy.Rational(repr(value))
+
+
+def _constant_array(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.is_complex():
+        raise TraceError(f"complex tensors are not supported yet (got a constant of dtype {tensor.dtype})")
+    values = tensor.detach().cpu()
+    if values.dtype in (torch.bfloat16, torch.float16):
+        values = values.double()
+    flat = [exact_number(v) for v in values.reshape(-1).tolist()]
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(tuple(tensor.shape))
+
+
+def _is_condition(e: Any) -> bool:
+    # Symbols are Booleans too in SymPy; a condition is a Boolean that is not an expression.
+    return isinstance(e, sympy.logic.boolalg.Boolean) and not isinstance(e, sympy.Expr)
+
+
+def _as_number(e: Any) -> Any:
+    """Booleans take part in arithmetic as 1 and 0, as in torch."""
+    if _is_condition(e):
+        if e is sympy.true:
+            return sympy.Integer(1)
+        if e is sympy.false:
+            return sympy.Integer(0)
+        return sympy.Piecewise((1, e), (0, True))
+    return e
+
+
+def _as_condition(e: Any) -> Any:
+    if _is_condition(e):
+        return e
+    return sympy.Ne(e, 0)
+
+
+# --------------------------------------------------------------------------------------
+# The symbolic tensor
+# --------------------------------------------------------------------------------------
+
+
+class SymbolicTensor(torch.Tensor):
+    """A tensor whose elements are SymPy expressions (``.sym``, a numpy object array)."""
+
+    sym: np.ndarray
+
+    @staticmethod
+    def __new__(cls, sym: np.ndarray, dtype: torch.dtype) -> "SymbolicTensor":
+        sym = np.asarray(sym, dtype=object)
+        self = torch.Tensor._make_wrapper_subclass(cls, sym.shape, dtype=dtype, device="cpu", requires_grad=False)
+        self.sym = sym
+        return self
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return _dispatch(func, args, kwargs or {})
+
+    def __repr__(self, *, tensor_contents: Any = None) -> str:
+        body = self.sym.item() if self.sym.ndim == 0 else self.sym.tolist()
+        return f"SymbolicTensor({body}, dtype={self.dtype})"
+
+    # Python needs a concrete value for these; a symbolic tensor has none.
+    def __bool__(self) -> bool:
+        raise TraceError(
+            f"Python control flow (`if`, `while`, `and`/`or`) on a traced value: {self._short()}. "
+            "The branch cannot be chosen without a concrete number. Use torch.where(condition, a, b) "
+            "to compute both branches and select elementwise."
+        )
+
+    def __float__(self) -> float:
+        raise TraceError(
+            f"float() or a math.* function on a traced value: {self._short()}. "
+            "Use the torch function instead (torch.exp, torch.sqrt, ...), which keeps the value a tensor."
+        )
+
+    def __int__(self) -> int:
+        raise TraceError(f"int() on a traced value: {self._short()}. Keep the value a tensor and use torch operations.")
+
+    def __index__(self) -> int:
+        raise TraceError(f"a traced value used as an index: {self._short()}. Index with constants or integer tensors.")
+
+    def item(self) -> Any:
+        raise TraceError(
+            f".item() on a traced value: {self._short()}. It turns the tensor into a Python number, "
+            "which autograd cannot follow either; keep the value a tensor."
+        )
+
+    def tolist(self) -> Any:
+        raise TraceError(f".tolist() on a traced value: {self._short()}. Keep the value a tensor.")
+
+    def numpy(self, *args: Any, **kwargs: Any) -> Any:
+        raise TraceError(
+            f".numpy() on a traced value: {self._short()}. numpy is invisible to autograd; "
+            "use the torch functions instead."
+        )
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TraceError(
+            f"a numpy function was applied to a traced value: {self._short()}. numpy is invisible to "
+            "autograd; use the torch function instead (torch.exp, not np.exp)."
+        )
+
+    def _short(self) -> str:
+        text = str(self.sym.item() if self.sym.ndim == 0 else self.sym.reshape(-1)[0])
+        return text if len(text) < 60 else text[:57] + "..."
+
+
+def _sym_of(value: Any) -> Any:
+    """The SymPy view of one operator argument: arrays for tensors, exact numbers for scalars."""
+    if isinstance(value, SymbolicTensor):
+        return value.sym
+    if isinstance(value, torch.Tensor):
+        return _constant_array(value)
+    if isinstance(value, (bool, int, float, np.number)):
+        return exact_number(value)
+    if isinstance(value, complex):
+        raise TraceError(f"complex numbers are not supported yet (got {value!r})")
+    return value
+
+
+def _wrap(result: Any, dtype: torch.dtype) -> Any:
+    if isinstance(result, np.ndarray) or isinstance(result, sympy.Basic):
+        arr = np.asarray(result, dtype=object) if isinstance(result, np.ndarray) else _scalar_array(result)
+        return SymbolicTensor(arr, _result_dtype(arr, dtype))
+    if isinstance(result, (list, tuple)):
+        return type(result)(_wrap(r, dtype) for r in result)
+    return result
+
+
+def _scalar_array(e: Any) -> np.ndarray:
+    arr = np.empty((), dtype=object)
+    arr[()] = e
+    return arr
+
+
+def _result_dtype(arr: np.ndarray, floating: torch.dtype) -> torch.dtype:
+    if arr.size and all(_is_condition(e) for e in arr.flat):
+        return torch.bool
+    return floating
+
+
+def _floating_dtype(args: Sequence[Any]) -> torch.dtype:
+    for a in args:
+        if isinstance(a, SymbolicTensor) and a.dtype.is_floating_point:
+            return a.dtype
+    return torch.get_default_dtype()
+
+
+# --------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------
+
+
+def _elementwise(fn: Callable[..., Any], nin: int) -> Callable[..., np.ndarray]:
+    ufunc = np.frompyfunc(fn, nin, 1)
+
+    def rule(*args: Any, **_: Any) -> np.ndarray:
+        out = ufunc(*[_to_array(a) for a in args[:nin]])
+        return out if isinstance(out, np.ndarray) else _scalar_array(out)
+
+    return rule
+
+
+def _to_array(a: Any) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else _scalar_array(a)
+
+
+def _num(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a SymPy builder so that boolean operands count as 0/1."""
+
+    @functools.wraps(fn)
+    def wrapped(*xs: Any) -> Any:
+        return fn(*[_as_number(x) for x in xs])
+
+    return wrapped
+
+
+def _sigmoid(x):
+    return 1 / (1 + sympy.exp(-x))
+
+
+def _log_ndtr(x):
+    return sympy.log(sympy.erfc(-x / sympy.sqrt(2)) / 2)
+
+
+def _xlogy(x, y):
+    return sympy.Piecewise((0, sympy.Eq(x, 0)), (x * sympy.log(y), True))
+
+
+def _xlog1py(x, y):
+    return sympy.Piecewise((0, sympy.Eq(x, 0)), (x * sympy_log1p(y), True))
+
+
+def _entr(x):
+    return sympy.Piecewise((-x * sympy.log(x), x > 0), (0, sympy.Eq(x, 0)), (-sympy.oo, True))
+
+
+def _sinc(x):
+    # torch.sinc is the normalized sinc; SymPy's sinc(y) = sin(y)/y with sinc(0) = 1.
+    return sympy.sinc(sympy.pi * x)
+
+
+UNARY: dict[str, Callable[[Any], Any]] = {
+    "neg": lambda x: -x,
+    "positive": lambda x: x,
+    "exp": sympy.exp,
+    "exp2": lambda x: 2**x,
+    "expm1": sympy_expm1,
+    "log": sympy.log,
+    "log2": lambda x: sympy.log(x) / sympy.log(2),
+    "log10": lambda x: sympy.log(x) / sympy.log(10),
+    "log1p": sympy_log1p,
+    "sqrt": sympy.sqrt,
+    "rsqrt": lambda x: 1 / sympy.sqrt(x),
+    "reciprocal": lambda x: 1 / x,
+    "square": lambda x: x**2,
+    "sin": sympy.sin,
+    "cos": sympy.cos,
+    "tan": sympy.tan,
+    "asin": sympy.asin,
+    "acos": sympy.acos,
+    "atan": sympy.atan,
+    "sinh": sympy.sinh,
+    "cosh": sympy.cosh,
+    "tanh": sympy.tanh,
+    "asinh": sympy.asinh,
+    "acosh": sympy.acosh,
+    "atanh": sympy.atanh,
+    "sigmoid": _sigmoid,
+    "erf": sympy.erf,
+    "erfc": sympy.erfc,
+    "erfinv": sympy.erfinv,
+    "lgamma": sympy.loggamma,
+    "digamma": lambda x: sympy.polygamma(0, x),
+    "abs": sympy.Abs,
+    "sign": sympy.sign,
+    "sgn": sympy.sign,
+    "relu": lambda x: sympy.Max(x, 0),
+    "floor": sympy.floor,
+    # Ties round to even in torch; they are a set of measure zero and the derivative is 0 either way.
+    "round": lambda x: sympy.floor(x + sympy.Rational(1, 2)),
+    "ceil": sympy.ceiling,
+    "trunc": lambda x: sympy.sign(x) * sympy.floor(sympy.Abs(x)),
+    "frac": lambda x: x - sympy.sign(x) * sympy.floor(sympy.Abs(x)),
+    "deg2rad": lambda x: x * sympy.pi / 180,
+    "rad2deg": lambda x: x * 180 / sympy.pi,
+    "sinc": _sinc,
+    "i0": lambda x: sympy.besseli(0, x),
+    "special_i0": lambda x: sympy.besseli(0, x),
+    "special_i1": lambda x: sympy.besseli(1, x),
+    "special_i0e": lambda x: sympy.besseli(0, x) * sympy.exp(-sympy.Abs(x)),
+    "special_i1e": lambda x: sympy.besseli(1, x) * sympy.exp(-sympy.Abs(x)),
+    "special_bessel_j0": lambda x: sympy.besselj(0, x),
+    "special_bessel_j1": lambda x: sympy.besselj(1, x),
+    "special_ndtr": lambda x: sympy.erfc(-x / sympy.sqrt(2)) / 2,
+    "special_log_ndtr": _log_ndtr,
+    "special_ndtri": lambda x: sympy.sqrt(2) * sympy.erfinv(2 * x - 1),
+    "special_erfcx": lambda x: sympy.exp(x**2) * sympy.erfc(x),
+    "special_entr": _entr,
+    "logical_not": lambda x: sympy.Not(_as_condition(x)),
+}
+
+BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "mul": operator.mul,
+    "div": operator.truediv,
+    "pow": lambda a, b: a**b,
+    "float_power": lambda a, b: a**b,
+    "atan2": sympy.atan2,
+    "hypot": lambda a, b: sympy.sqrt(a**2 + b**2),
+    "maximum": sympy.Max,
+    "minimum": sympy.Min,
+    "fmax": sympy.Max,
+    "fmin": sympy.Min,
+    "xlogy": _xlogy,
+    "special_xlog1py": _xlog1py,
+    "logaddexp": lambda a, b: sympy.log(sympy.exp(a) + sympy.exp(b)),
+    "logaddexp2": lambda a, b: sympy.log(2**a + 2**b) / sympy.log(2),
+    "copysign": lambda a, b: sympy.Abs(a) * sympy.Piecewise((-1, b < 0), (1, True)),
+    "fmod": lambda a, b: a - b * sympy.sign(a / b) * sympy.floor(sympy.Abs(a / b)),
+    "remainder": lambda a, b: a - b * sympy.floor(a / b),
+    "eq": sympy.Eq,
+    "ne": sympy.Ne,
+    "gt": sympy.Gt,
+    "ge": sympy.Ge,
+    "lt": sympy.Lt,
+    "le": sympy.Le,
+    "logical_and": lambda a, b: sympy.And(_as_condition(a), _as_condition(b)),
+    "logical_or": lambda a, b: sympy.Or(_as_condition(a), _as_condition(b)),
+    "logical_xor": lambda a, b: sympy.Xor(_as_condition(a), _as_condition(b)),
+}
+
+_COMPARISONS = {"eq", "ne", "gt", "ge", "lt", "le", "logical_and", "logical_or", "logical_xor", "logical_not"}
+
+
+def _with_alpha(op: Callable[[Any, Any], Any]) -> Callable[..., np.ndarray]:
+    rule = _elementwise(_num(op), 2)
+
+    def with_alpha(a, b, alpha=1, **_):
+        return rule(a, b if alpha == 1 else _elementwise(operator.mul, 2)(b, alpha))
+
+    return with_alpha
+
+
+def _rsub(a, b, alpha=1, **_):
+    return _with_alpha(operator.sub)(b, a, alpha)
+
+
+def _where(cond, a, b):
+    return _elementwise(lambda c, x, y: _piecewise_select(c, x, y), 3)(cond, a, b)
+
+
+def _piecewise_select(c, x, y):
+    c = _as_condition(c)
+    if c is sympy.true:
+        return x
+    if c is sympy.false:
+        return y
+    return sympy.Piecewise((_as_number(x), c), (_as_number(y), True))
+
+
+def _clamp(x, min=None, max=None):
+    out = x
+    if min is not None:
+        out = _elementwise(sympy.Max, 2)(out, min)
+    if max is not None:
+        out = _elementwise(sympy.Min, 2)(out, max)
+    return out
+
+
+def _softplus(x, beta=1, threshold=20):
+    # torch switches to the identity above the threshold; so must the reference, or a
+    # correct softplus would "fail" by 2e-9 at x = 20.5.
+    def one(v):
+        return sympy.Piecewise((v, v * beta > threshold), (sympy_log1p(sympy.exp(v * beta)) / beta, True))
+
+    return _elementwise(one, 1)(x)
+
+
+def _polygamma(n, x):
+    return _elementwise(lambda v: sympy.polygamma(n, v), 1)(x)
+
+
+def _logit(x, eps=None):
+    if eps is not None:
+        x = _clamp(x, eps, 1 - eps)
+    return _elementwise(lambda v: sympy.log(v / (1 - v)), 1)(x)
+
+
+def _threshold(x, threshold, value):
+    return _elementwise(lambda v: sympy.Piecewise((v, v > threshold), (value, True)), 1)(x)
+
+
+def _leaky_relu(x, negative_slope=sympy.Rational(1, 100)):
+    return _elementwise(lambda v: sympy.Piecewise((v, v > 0), (v * negative_slope, True)), 1)(x)
+
+
+def _gelu(x, approximate="none"):
+    if approximate == "tanh":
+        k = sympy.sqrt(2 / sympy.pi)
+        fn = lambda v: v / 2 * (1 + sympy.tanh(k * (v + sympy.Rational(44715, 1000000) * v**3)))  # noqa: E731
+    else:
+        fn = lambda v: v / 2 * (1 + sympy.erf(v / sympy.sqrt(2)))  # noqa: E731
+    return _elementwise(fn, 1)(x)
+
+
+def _silu(x):
+    return _elementwise(lambda v: v * _sigmoid(v), 1)(x)
+
+
+def _elu(x, alpha=1, scale=1, input_scale=1):
+    return _elementwise(
+        lambda v: sympy.Piecewise((scale * v, v > 0), (alpha * scale * sympy_expm1(v * input_scale), True)), 1
+    )(x)
+
+
+def _hardtanh(x, min_val=-1, max_val=1):
+    return _clamp(x, min_val, max_val)
+
+
+# ---- reductions ---------------------------------------------------------------------
+
+
+def _dims(arr: np.ndarray, dim: Any) -> tuple[int, ...]:
+    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
+        return tuple(range(arr.ndim))
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    return tuple(sorted(d % max(arr.ndim, 1) for d in dims)) if arr.ndim else ()
+
+
+def _reduce(arr: Any, dim: Any, keepdim: bool, combine: Callable[[list], Any]) -> np.ndarray:
+    arr = _to_array(arr)
+    dims = _dims(arr, dim)
+    keep = [d for d in range(arr.ndim) if d not in dims]
+    moved = arr.transpose(keep + list(dims))
+    rows = moved.reshape(moved.shape[: len(keep)] + (-1,))
+    out = np.empty(rows.shape[:-1], dtype=object)
+    for index in np.ndindex(*out.shape):
+        out[index] = combine([_as_number(e) for e in rows[index]])
+    if keepdim:
+        out = out.reshape(tuple(1 if d in dims else s for d, s in enumerate(arr.shape)))
+    return out
+
+
+def _add_all(terms):
+    return sympy.Add(*terms)
+
+
+def _sum(x, dim=None, keepdim=False, dtype=None):
+    return _reduce(x, dim, keepdim, _add_all)
+
+
+def _mean(x, dim=None, keepdim=False, dtype=None):
+    return _reduce(x, dim, keepdim, lambda t: sympy.Add(*t) / len(t))
+
+
+def _prod(x, dim=None, keepdim=False, dtype=None):
+    return _reduce(x, dim, keepdim, lambda t: sympy.Mul(*t))
+
+
+def _amax(x, dim=(), keepdim=False):
+    return _reduce(x, dim, keepdim, lambda t: sympy.Max(*t))
+
+
+def _amin(x, dim=(), keepdim=False):
+    return _reduce(x, dim, keepdim, lambda t: sympy.Min(*t))
+
+
+def _logsumexp(x, dim, keepdim=False):
+    return _reduce(x, dim, keepdim, lambda t: sympy.log(sympy.Add(*[sympy.exp(v) for v in t])))
+
+
+def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
+    ord = float(ord) if not isinstance(ord, sympy.Basic) else ord
+
+    def norm(t):
+        if ord == math.inf:
+            return sympy.Max(*[sympy.Abs(v) for v in t])
+        if ord == -math.inf:
+            return sympy.Min(*[sympy.Abs(v) for v in t])
+        if ord == 0:
+            return sympy.Add(*[sympy.Piecewise((0, sympy.Eq(v, 0)), (1, True)) for v in t])
+        p = exact_number(ord)
+        if p == 2:
+            return sympy.sqrt(sympy.Add(*[v**2 for v in t]))
+        if p == 1:
+            return sympy.Add(*[sympy.Abs(v) for v in t])
+        return sympy.Add(*[sympy.Abs(v) ** p for v in t]) ** (1 / p)
+
+    return _reduce(x, dim, keepdim, norm)
+
+
+def _var(x, dim, correction, keepdim):
+    def variance(t):
+        mean = sympy.Add(*t) / len(t)
+        return sympy.Add(*[(v - mean) ** 2 for v in t]) / (len(t) - correction)
+
+    return _reduce(x, dim, keepdim, variance)
+
+
+def _softmax(x, dim, half_to_float=False):
+    return _along(x, dim, lambda t: [sympy.exp(v) / sympy.Add(*[sympy.exp(u) for u in t]) for v in t])
+
+
+def _log_softmax(x, dim, half_to_float=False):
+    return _along(x, dim, lambda t: [v - sympy.log(sympy.Add(*[sympy.exp(u) for u in t])) for v in t])
+
+
+def _along(x, dim, transform):
+    """Apply ``transform`` (a list of expressions to a list of the same length) along one dim."""
+    arr = np.moveaxis(_to_array(x), dim, -1)
+    out = np.empty(arr.shape, dtype=object)
+    for index in np.ndindex(*arr.shape[:-1]):
+        for k, v in enumerate(transform(list(arr[index]))):
+            out[index + (k,)] = v
+    return np.moveaxis(out, -1, dim)
+
+
+def _cumulative(combine):
+    def rule(x, dim, dtype=None):
+        arr = np.moveaxis(_to_array(x), dim, -1)
+        out = np.empty(arr.shape, dtype=object)
+        for index in np.ndindex(*arr.shape[:-1]):
+            acc = None
+            for k, v in enumerate(arr[index]):
+                acc = v if acc is None else combine(acc, v)
+                out[index + (k,)] = acc
+        return np.moveaxis(out, -1, dim)
+
+    return rule
+
+
+# ---- linear algebra ------------------------------------------------------------------
+
+
+def _matmul(a, b):
+    a, b = _to_array(a), _to_array(b)
+    out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]), dtype=object)
+    a = np.broadcast_to(a, out.shape[:-2] + a.shape[-2:])
+    b = np.broadcast_to(b, out.shape[:-2] + b.shape[-2:])
+    for index in np.ndindex(*out.shape):
+        *batch, i, j = index
+        batch = tuple(batch)
+        out[index] = sympy.Add(*[a[batch + (i, k)] * b[batch + (k, j)] for k in range(a.shape[-1])])
+    return out
+
+
+def _dot(a, b):
+    return _scalar_array(sympy.Add(*[x * y for x, y in zip(_to_array(a), _to_array(b))]))
+
+
+def _mv(a, b):
+    return _matmul(a, _to_array(b)[:, None])[:, 0]
+
+
+def _addmm(bias, a, b, beta=1, alpha=1):
+    product = _matmul(a, b)
+    return _elementwise(lambda c, p: beta * c + alpha * p, 2)(bias, product)
+
+
+# ---- views and data movement ----------------------------------------------------------
+
+
+def _shape(arr: np.ndarray, size: Sequence[int]) -> tuple[int, ...]:
+    size = [int(s) for s in size]
+    return tuple(size)
+
+
+def _view(x, size):
+    return _to_array(x).reshape(_shape(x, size))
+
+
+def _expand(x, size, implicit=False):
+    arr = _to_array(x)
+    size = list(size)
+    lead = len(size) - arr.ndim
+    target = [arr.shape[i - lead] if s == -1 else s for i, s in enumerate(size)]
+    return np.broadcast_to(arr, tuple(target))
+
+
+def _select(x, dim, index):
+    arr = _to_array(x)
+    return arr[(slice(None),) * (dim % arr.ndim) + (index,)]
+
+
+def _slice(x, dim=0, start=None, end=None, step=1):
+    arr = _to_array(x)
+    dim %= arr.ndim
+    n = arr.shape[dim]
+    start = 0 if start is None else start
+    end = n if end is None else end
+    start, end = (max(min(v + n if v < 0 else v, n), 0) for v in (start, end))
+    return arr[(slice(None),) * dim + (slice(start, end, step),)]
+
+
+def _index(x, indices):
+    arr = _to_array(x)
+    key = []
+    for i in indices:
+        if i is None:
+            key.append(slice(None))
+        elif isinstance(i, SymbolicTensor):
+            raise TraceError("a traced value used as an index; index with constants or integer tensors")
+        else:
+            key.append(i.detach().cpu().numpy())
+    return arr[tuple(key)]
+
+
+def _index_put(x, indices, values, accumulate=False):
+    out = _to_array(x).copy()
+    return _index_put_into(out, indices, values, accumulate)
+
+
+def _index_put_into(out, indices, values, accumulate=False):
+    key = tuple(slice(None) if i is None else i.detach().cpu().numpy() for i in indices)
+    values = _to_array(values)
+    if accumulate:
+        out[key] = out[key] + values
+    else:
+        out[key] = values
+    return out
+
+
+def _squeeze(x, dim=None):
+    arr = _to_array(x)
+    if dim is None:
+        return arr.squeeze()
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    dims = tuple(d % arr.ndim for d in dims if arr.ndim and arr.shape[d % arr.ndim] == 1)
+    return arr.squeeze(dims) if dims else arr
+
+
+def _unsqueeze(x, dim):
+    arr = _to_array(x)
+    return np.expand_dims(arr, dim % (arr.ndim + 1))
+
+
+def _permute(x, dims):
+    arr = _to_array(x)
+    return arr.transpose([d % arr.ndim for d in dims])
+
+
+def _transpose(x, dim0, dim1):
+    arr = _to_array(x)
+    if arr.ndim < 2:
+        return arr
+    return np.swapaxes(arr, dim0, dim1)
+
+
+def _t(x):
+    arr = _to_array(x)
+    return arr.T if arr.ndim == 2 else arr
+
+
+def _cat(tensors, dim=0):
+    arrays = [_to_array(t) for t in tensors if _to_array(t).shape != (0,)]
+    return np.concatenate(arrays, axis=dim)
+
+
+def _stack(tensors, dim=0):
+    return np.stack([_to_array(t) for t in tensors], axis=dim)
+
+
+def _split(x, split_size, dim=0):
+    arr = _to_array(x)
+    n = arr.shape[dim]
+    sizes = [split_size] * (n // split_size) + ([n % split_size] if n % split_size else [])
+    return _split_with_sizes(arr, sizes, dim)
+
+
+def _split_with_sizes(x, split_sizes, dim=0):
+    arr = _to_array(x)
+    bounds = np.cumsum([0] + list(split_sizes))
+    return [np.take(arr, range(a, b), axis=dim) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _unbind(x, dim=0):
+    arr = _to_array(x)
+    return [_select(arr, dim, i) for i in range(arr.shape[dim])]
+
+
+def _copy(x, *_, **__):
+    return _to_array(x).copy()
+
+
+def _like(value):
+    def rule(x, *_, **__):
+        return np.full(_to_array(x).shape, exact_number(value), dtype=object)
+
+    return rule
+
+
+def _full_like(x, fill_value, *_, **__):
+    return np.full(_to_array(x).shape, fill_value, dtype=object)
+
+
+def _new(value):
+    def rule(x, size, *_, **__):
+        return np.full(tuple(size), exact_number(value), dtype=object)
+
+    return rule
+
+
+def _new_full(x, size, fill_value, *_, **__):
+    return np.full(tuple(size), fill_value, dtype=object)
+
+
+def _masked_fill(x, mask, value):
+    return _where(mask, value, x)
+
+
+def _flip(x, dims):
+    return np.flip(_to_array(x), axis=tuple(dims))
+
+
+def _roll(x, shifts, dims=()):
+    return np.roll(_to_array(x), shifts, axis=tuple(dims) if dims else None)
+
+
+def _repeat(x, repeats):
+    arr = _to_array(x)
+    lead = len(repeats) - arr.ndim
+    return np.tile(arr.reshape((1,) * lead + arr.shape), tuple(repeats))
+
+
+def _diagonal(x, offset=0, dim1=0, dim2=1):
+    return np.diagonal(_to_array(x), offset, dim1, dim2)
+
+
+def _refuse(what: str, fix: str) -> Callable[..., Any]:
+    def rule(*_, **__):
+        raise TraceError(f"{what}: {fix}")
+
+    return rule
+
+
+_NEEDS_VALUE = _refuse(
+    "an operation needs the concrete value of a traced tensor (Python `if`, .item(), float(), math.*)",
+    "use torch.where(condition, a, b) for branches and keep values as tensors",
+)
+_NEEDS_ORDER = (
+    "the result depends on the ordering of concrete values",
+    "use torch.amax/torch.amin (or torch.max(x) without dim) for the values; indices have no derivative",
+)
+
+
+def _detach(x):
+    return _elementwise(detached, 1)(x)
+
+
+def _dtype_cast(x, *args, dtype=None, **_):
+    arr = _to_array(x)
+    if dtype is not None and (dtype.is_floating_point or dtype.is_complex) and arr.size:
+        if dtype.is_complex:
+            raise TraceError(f"complex tensors are not supported yet (a cast to {dtype})")
+        return np.frompyfunc(_as_number, 1, 1)(arr) if arr.ndim else _scalar_array(_as_number(arr.item()))
+    return arr.copy()
+
+
+_SPECIAL_RULES: dict[str, Callable[..., Any]] = {
+    "add": _with_alpha(operator.add),
+    "sub": _with_alpha(operator.sub),
+    "rsub": _rsub,
+    "where": _where,
+    "clamp": _clamp,
+    "clamp_min": lambda x, m: _clamp(x, min=m),
+    "clamp_max": lambda x, m: _clamp(x, max=m),
+    "softplus": _softplus,
+    "polygamma": _polygamma,
+    "special_polygamma": _polygamma,
+    "logit": _logit,
+    "threshold": _threshold,
+    "leaky_relu": _leaky_relu,
+    "gelu": _gelu,
+    "silu": _silu,
+    "elu": _elu,
+    "hardtanh": _hardtanh,
+    "sum": _sum,
+    "mean": _mean,
+    "prod": _prod,
+    "amax": _amax,
+    "amin": _amin,
+    "max": lambda x, *rest: _amax(x) if not rest else _refuse(*_NEEDS_ORDER)(),
+    "min": lambda x, *rest: _amin(x) if not rest else _refuse(*_NEEDS_ORDER)(),
+    "logsumexp": _logsumexp,
+    "linalg_vector_norm": _vector_norm,
+    "_softmax": _softmax,
+    "_log_softmax": _log_softmax,
+    "cumsum": _cumulative(operator.add),
+    "cumprod": _cumulative(operator.mul),
+    "mm": _matmul,
+    "bmm": _matmul,
+    "matmul": _matmul,
+    "dot": _dot,
+    "mv": _mv,
+    "addmm": _addmm,
+    "view": _view,
+    "_unsafe_view": _view,
+    "reshape": _view,
+    "expand": _expand,
+    "select": _select,
+    "slice": _slice,
+    "index": _index,
+    "index_put": _index_put,
+    "squeeze": _squeeze,
+    "unsqueeze": _unsqueeze,
+    "permute": _permute,
+    "transpose": _transpose,
+    "t": _t,
+    "cat": _cat,
+    "stack": _stack,
+    "split": _split,
+    "split_with_sizes": _split_with_sizes,
+    "unbind": _unbind,
+    "flip": _flip,
+    "roll": _roll,
+    "repeat": _repeat,
+    "diagonal": _diagonal,
+    "clone": _copy,
+    "alias": lambda x: _to_array(x),
+    "lift_fresh": lambda x: _to_array(x),
+    "_to_copy": _dtype_cast,
+    "to": _dtype_cast,
+    "prims::var": lambda x, dims, correction=1, output_dtype=None: _var(x, dims, correction, False),
+    "var": lambda x, dim=None, correction=None, keepdim=False: _var(x, dim, 1 if correction is None else correction, keepdim),
+    "detach": _detach,
+    "zeros_like": _like(0),
+    "ones_like": _like(1),
+    "empty_like": _like(0),
+    "full_like": _full_like,
+    "new_zeros": _new(0),
+    "new_ones": _new(1),
+    "new_empty": _new(0),
+    "new_full": _new_full,
+    "masked_fill": _masked_fill,
+    "_local_scalar_dense": _NEEDS_VALUE,
+    "is_nonzero": _NEEDS_VALUE,
+    "sort": _refuse(*_NEEDS_ORDER),
+    "argmax": _refuse(*_NEEDS_ORDER),
+    "argmin": _refuse(*_NEEDS_ORDER),
+    "topk": _refuse(*_NEEDS_ORDER),
+    "argsort": _refuse(*_NEEDS_ORDER),
+}
+
+_BUILTIN_RULES: dict[str, Callable[..., Any]] = {
+    **{name: _elementwise(_num(fn) if name not in _COMPARISONS else fn, 1) for name, fn in UNARY.items()},
+    **{name: _elementwise(_num(fn), 2) for name, fn in BINARY.items()},
+    **_SPECIAL_RULES,
+}
+
+#: Rules by ATen operator name ("exp", "add") or full overload name ("add.Tensor").
+#: A rule receives the operator's arguments with tensors as numpy object arrays of SymPy
+#: expressions and Python scalars as exact SymPy numbers, and returns an object array (or a
+#: list of them). The user layer comes first, so a registration overrides a built-in rule.
+TORCH_TO_SYMPY: collections.ChainMap[str, Callable[..., Any]] = collections.ChainMap({}, _BUILTIN_RULES)
+
+
+def register_torch_op(op: Any, rule: Callable[..., Any]) -> None:
+    """Teach the tracer one torch operator.
+
+    Args:
+        op: the ATen operator, as ``torch.ops.aten.foo``, ``torch.ops.aten.foo.default``,
+            or its name ``"foo"`` / ``"aten::foo"`` / ``"foo.Tensor"``.
+        rule: called with the operator's arguments, tensors given as numpy object arrays
+            of SymPy expressions; returns the result as such an array.
+
+    Example:
+        >>> import sympy, autocheck
+        >>> autocheck.register_torch_op("aten::sinc", lambda x: x)  # doctest: +SKIP
+    """
+    if not callable(rule):
+        raise TypeError(f"register_torch_op: rule must be callable, got rule={rule!r}")
+    TORCH_TO_SYMPY.maps[0][_op_key(op)] = rule
+
+
+def _op_key(op: Any) -> str:
+    if isinstance(op, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        name = op._schema.name if isinstance(op, torch._ops.OpOverload) else op._qualified_op_name
+        overload = op._overloadname if isinstance(op, torch._ops.OpOverload) else ""
+        base = name.split("::")[-1]
+        return f"{base}.{overload}" if overload and overload != "default" else base
+    if isinstance(op, str) and op:
+        return op.split("::")[-1].removesuffix(".default")
+    raise TypeError(
+        f"register_torch_op: op must be an ATen operator such as torch.ops.aten.sinc or a name such as "
+        f"'aten::sinc', got op={op!r}"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------
+
+
+def _dispatch(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+    namespace, name = func._schema.name.split("::")
+    overload = func._overloadname
+    in_place = name.endswith("_") and not name.endswith("__") and name not in ("_",)
+    base = name[:-1] if in_place else name
+    if base == "copy":
+        return _copy_into(args[0], args[1])
+    if base == "fill":
+        return _fill_into(args[0], args[1])
+    if namespace != "aten":
+        base = f"{namespace}::{base}"
+    rule = TORCH_TO_SYMPY.get(f"{base}.{overload}") or TORCH_TO_SYMPY.get(base)
+    if rule is None:
+        return _decompose(func, args, kwargs)
+    dtype = _floating_dtype(args)
+    sym_args = [_sym_of(a) if not isinstance(a, (list, tuple)) else type(a)(_sym_of(v) for v in a) for a in args]
+    sym_kwargs = {k: _sym_of(v) for k, v in kwargs.items() if k not in ("dtype", "layout", "device", "pin_memory", "memory_format", "non_blocking")}
+    if "dtype" in kwargs and base in ("_to_copy", "to"):
+        sym_kwargs["dtype"] = kwargs["dtype"]
+    result = rule(*sym_args, **sym_kwargs)
+    if in_place:
+        return _write_into(args[0], result)
+    out = _wrap(result, dtype)
+    if base in ("_to_copy", "to") and kwargs.get("dtype") is not None and isinstance(out, SymbolicTensor):
+        out = SymbolicTensor(out.sym, kwargs["dtype"])
+    return out
+
+
+def _decompose(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+    decomposition = decomposition_table.get(func)
+    if decomposition is None:
+        name = str(func).removesuffix(".default")
+        raise TraceError(
+            f"no rule to trace the torch operation {name} (aten::{func._schema.name.split('::')[-1]}). "
+            + _FIX_REGISTER.format(op=f"aten::{func._schema.name.split('::')[-1]}")
+        )
+    return decomposition(*args, **kwargs)
+
+
+def _write_into(target: Any, result: Any) -> Any:
+    if not isinstance(target, SymbolicTensor):
+        raise TraceError(
+            "an in-place operation writes a traced value into a constant tensor; "
+            "clone the traced tensor first, or build the result out of place"
+        )
+    target.sym[...] = _to_array(result)
+    return target
+
+
+def _copy_into(target: Any, source: Any) -> Any:
+    return _write_into(target, np.broadcast_to(_to_array(_sym_of(source)), target.shape))
+
+
+def _fill_into(target: Any, value: Any) -> Any:
+    return _write_into(target, np.full(target.shape, _sym_of(value), dtype=object))
+
+
+# --------------------------------------------------------------------------------------
+# Stop-gradient symbols
+# --------------------------------------------------------------------------------------
+
+
+class Detached(sympy.Function):
+    """``detached(e)``: the value of ``e`` with its gradient stopped, as ``e.detach()`` does.
+
+    Differentiation sees a function whose derivative is zero; the symbolic stage replaces
+    it by its argument once derivatives are taken.
+    """
+
+    is_real = True
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sympy.Integer(0)
+
+
+def detached(e: Any) -> Any:
+    if _is_condition(e) or (isinstance(e, sympy.Basic) and not e.free_symbols):
+        return e
+    if isinstance(e, (int, float)):
+        return e
+    return Detached(e)
+
+
+# --------------------------------------------------------------------------------------
+# Tracing a user function
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What tracing one function produced.
+
+    Attributes:
+        names: one name per positional input (the function's parameters, or x, y, z...).
+        symbols: per input, an object array of real SymPy symbols shaped like that input
+            (0-d for an elementwise trace).
+        output: object array of SymPy expressions, shaped like the function's output.
+    """
+
+    names: tuple[str, ...]
+    symbols: tuple[np.ndarray, ...]
+    output: np.ndarray
+    shapes: tuple[tuple[int, ...], ...] = field(default=())
+
+    @property
+    def flat_symbols(self) -> list[sympy.Symbol]:
+        return [s for arr in self.symbols for s in arr.reshape(-1)]
+
+    @property
+    def is_scalar(self) -> bool:
+        return all(arr.ndim == 0 for arr in self.symbols) and self.output.ndim == 0
+
+
+_FALLBACK_NAMES = ("x", "y", "z", "w", "u", "v", "s", "t")
+
+
+def parameter_names(f: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The names of ``f``'s required positional parameters, or None where Python cannot tell."""
+    try:
+        signature = inspect.signature(f)
+    except (TypeError, ValueError):
+        return None
+    names = []
+    for p in signature.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL,):
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
+            names.append(p.name)
+    if not names and isinstance(f, type) is False and hasattr(f, "__self__") and hasattr(f, "__func__"):
+        return None
+    return tuple(names) if names else None
+
+
+def symbols_for(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    if not shape:
+        return _scalar_array(sympy.Symbol(name, real=True))
+    out = np.empty(shape, dtype=object)
+    for index in np.ndindex(*shape):
+        out[index] = sympy.Symbol(f"{name}[{', '.join(map(str, index))}]", real=True)
+    return out
+
+
+def _symbolic_inputs(names, shapes, dtype):
+    symbols = tuple(symbols_for(n, s) for n, s in zip(names, shapes))
+    tensors = [SymbolicTensor(arr.copy(), dtype) for arr in symbols]
+    return symbols, tensors
+
+
+def trace(
+    f: Callable[..., Any],
+    shapes: Sequence[tuple[int, ...]] | None = None,
+    *,
+    dtype: torch.dtype = torch.float64,
+    names: Sequence[str] | None = None,
+) -> Trace:
+    """Run ``f`` on symbolic tensors and return the SymPy expression of its output.
+
+    Args:
+        f: a function of tensors, written with ordinary torch code.
+        shapes: one shape per input; ``None`` traces with scalar symbols and finds the
+            number of inputs from the signature (or, for builtins, by trying).
+        dtype: the floating dtype the symbolic inputs report (``x.dtype`` inside ``f``).
+        names: symbol names; default the parameter names, else x, y, z, ...
+    """
+    if not callable(f):
+        raise TypeError(f"f must be a callable taking tensors, got f={f!r}")
+    if names is None:
+        names = parameter_names(f)
+    if shapes is None:
+        if names is not None:
+            return _trace_with(f, tuple(names), tuple(() for _ in names), dtype)
+        return _trace_builtin(f, dtype)
+    shapes = tuple(tuple(s) for s in shapes)
+    if names is None or len(names) != len(shapes):
+        names = _FALLBACK_NAMES[: len(shapes)] if len(shapes) <= len(_FALLBACK_NAMES) else [f"x{i}" for i in range(len(shapes))]
+    return _trace_with(f, tuple(names), shapes, dtype)
+
+
+def _trace_builtin(f: Callable[..., Any], dtype: torch.dtype) -> Trace:
+    last_error: Exception | None = None
+    for arity in range(1, 5):
+        names = _FALLBACK_NAMES[:arity]
+        try:
+            return _trace_with(f, names, tuple(() for _ in names), dtype)
+        except TraceError:
+            raise
+        except TypeError as error:  # wrong number of arguments: try the next arity
+            last_error = error
+    raise TraceError(
+        f"could not find how many inputs {getattr(f, '__name__', f)!r} takes (tried 1 to 4 tensors: {last_error}). "
+        "Wrap it in a lambda with named parameters, e.g. lambda x, y: f(x, y)."
+    )
+
+
+def _trace_with(f, names, shapes, dtype) -> Trace:
+    symbols, tensors = _symbolic_inputs(names, shapes, dtype)
+    with torch.no_grad(), _default_dtype(dtype):
+        try:
+            out = f(*tensors)
+        except TraceError:
+            raise
+        except (RuntimeError, NotImplementedError, IndexError, ValueError, AttributeError) as error:
+            raise TraceError(f"tracing {_describe(f)} failed: {type(error).__name__}: {error}") from error
+    if isinstance(out, (tuple, list)):
+        raise TraceError(
+            f"{_describe(f)} returned a {type(out).__name__} of {len(out)} values; return a single tensor "
+            "(check each output with its own function, or sum them with weights)"
+        )
+    if isinstance(out, SymbolicTensor):
+        output = out.sym.copy()
+    elif isinstance(out, torch.Tensor):
+        output = _constant_array(out)
+    elif isinstance(out, (int, float)):
+        output = _scalar_array(exact_number(out))
+    else:
+        raise TraceError(f"{_describe(f)} returned {type(out).__name__}, not a tensor")
+    output = np.frompyfunc(_as_number, 1, 1)(output) if output.ndim else _scalar_array(_as_number(output.item()))
+    return Trace(names=tuple(names), symbols=symbols, output=np.asarray(output, dtype=object), shapes=tuple(shapes))
+
+
+class _default_dtype:
+    """Constants created inside ``f`` (torch.tensor(0.5)) get the traced dtype, as they would at run time."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_default_dtype()
+        if self.dtype in (torch.float32, torch.float64):
+            torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_default_dtype(self.previous)
+
+
+def _describe(f: Callable[..., Any]) -> str:
+    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or repr(f)
+    return f"the function {name}"
