@@ -25,6 +25,10 @@ def finish(expr: sympy.Expr) -> sympy.Expr:
     """Apply autograd's conventions to a derivative and put detached values back."""
     expr = expr.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.Integer(0))
     expr = expr.replace(_is_step_derivative, lambda e: sympy.Integer(0))
+    # replace() works from the leaves up, so d/dx floor(|x|) leaves Subs(0, xi, Abs(x)) behind.
+    expr = expr.replace(
+        lambda e: isinstance(e, sympy.Subs) and not e.expr.has(sympy.Derivative), lambda e: e.doit()
+    )
     expr = expr.replace(lambda e: isinstance(e, Detached), lambda e: e.args[0])
     leftover = expr.atoms(sympy.Derivative, sympy.Subs)
     if leftover:
@@ -84,7 +88,8 @@ def derivative(f: Callable[..., Any], *inputs: Any, order: int = 1) -> Any:
         f: a function of tensors (a lambda, a ``def``, a torch builtin such as
             ``torch.atan2``, or a custom ``torch.autograd.Function.apply``).
         *inputs: optional tensors. Without them ``f`` is traced with one real scalar symbol
-            per required parameter, named after the parameter (``x, y, z, ...`` for builtins).
+            per required parameter, named after the parameter (``x, y, z, ...`` for torch's own
+            functions and builtins).
             With them, each input becomes an array of symbols shaped like it
             (``w[0, 0]``, ``b[0]``, ...), at most 100 elements in all.
         order: 1 for first derivatives, 2 for second derivatives, and so on.

@@ -45,12 +45,31 @@ _FIX_REGISTER = (
 # --------------------------------------------------------------------------------------
 
 
+def _constant_table() -> dict[float, sympy.Expr]:
+    pi, e, sqrt = sympy.pi, sympy.E, sympy.sqrt
+    constants = [
+        pi, 2 * pi, pi / 2, pi / 4, 1 / pi, 2 / pi, e, 1 / e,
+        sqrt(2), 1 / sqrt(2), sqrt(3), sqrt(pi), 1 / sqrt(pi), 2 / sqrt(pi), sqrt(2 / pi),
+        sqrt(2 * pi), 1 / sqrt(2 * pi), sympy.log(2), 1 / sympy.log(2), sympy.log(10),
+        1 / sympy.log(10), sympy.log(2 * pi) / 2, sympy.EulerGamma,
+    ]  # fmt: skip
+    return {float(sympy.N(c, 40)): c for c in constants}
+
+
+#: Doubles that are the correctly rounded value of a well-known irrational constant, and that
+#: constant. torch's composite kernels and decompositions carry such constants as doubles
+#: (special.ndtr is erf(x * M_SQRT1_2); gelu uses M_2_SQRTPI), and so does `math.pi` in user
+#: code; read back exactly, they keep a derivative such as ndtr's exp(-x**2/2)/sqrt(2*pi) exact.
+KNOWN_CONSTANTS: dict[float, sympy.Expr] = _constant_table()
+
+
 def exact_number(value: Any) -> sympy.Expr:
     """A Python or numpy scalar as an exact SymPy number.
 
     Floats become the rational that their shortest repr spells (0.1 -> 1/10): that is what
     the user wrote, it is within half an ULP of the float, and it keeps derivatives free
-    of 53-bit folding of constants such as pi.
+    of 53-bit folding of constants such as pi. A double that rounds a constant from
+    :data:`KNOWN_CONSTANTS` (``math.pi``, ``1/math.sqrt(2)``) becomes that constant.
     """
     if isinstance(value, (bool, np.bool_)):
         return sympy.true if value else sympy.false
@@ -61,6 +80,9 @@ def exact_number(value: Any) -> sympy.Expr:
         return sympy.nan
     if math.isinf(value):
         return sympy.oo if value > 0 else -sympy.oo
+    known = KNOWN_CONSTANTS.get(abs(value))
+    if known is not None:
+        return known if value > 0 else -known
     return sympy.Rational(repr(value))
 
 
@@ -103,6 +125,19 @@ def _as_condition(e: Any) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+class _Abort(Exception):
+    """Carries a TraceError out of ``__torch_dispatch__``.
+
+    torch's binary operators (``x * y``, ``x @ w``) turn any TypeError raised inside them,
+    TraceError included, into NotImplemented, and Python then reports only "unsupported
+    operand type(s)". This is not a TypeError, so it gets through; the trace unwraps it.
+    """
+
+    def __init__(self, error: TraceError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class SymbolicTensor(torch.Tensor):
     """A tensor whose elements are SymPy expressions (``.sym``, a numpy object array)."""
 
@@ -119,7 +154,12 @@ class SymbolicTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        return _dispatch(func, args, kwargs or {})
+        try:
+            return _dispatch(func, args, kwargs or {})
+        except TraceError as error:
+            raise _Abort(error) from None
+        except TypeError as error:  # a rule called with arguments it does not expect
+            raise _Abort(TraceError(f"tracing {func} failed: TypeError: {error}")) from error
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:
         body = self.sym.item() if self.sym.ndim == 0 else self.sym.tolist()
@@ -329,6 +369,7 @@ UNARY: dict[str, Callable[[Any], Any]] = {
 BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "mul": operator.mul,
     "div": operator.truediv,
+    "true_divide": operator.truediv,
     "pow": lambda a, b: a**b,
     "float_power": lambda a, b: a**b,
     "atan2": sympy.atan2,
@@ -355,6 +396,9 @@ BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "logical_xor": lambda a, b: sympy.Xor(_as_condition(a), _as_condition(b)),
 }
 
+#: prims operators whose arguments and meaning are those of the aten operator of the same name.
+_PRIMS_AS_ATEN = frozenset(UNARY) | frozenset(BINARY) | {"add", "sub", "where"}
+
 _COMPARISONS = {"eq", "ne", "gt", "ge", "lt", "le", "logical_and", "logical_or", "logical_xor", "logical_not"}
 
 
@@ -365,6 +409,19 @@ def _with_alpha(op: Callable[[Any, Any], Any]) -> Callable[..., np.ndarray]:
         return rule(a, b if alpha == 1 else _elementwise(operator.mul, 2)(b, alpha))
 
     return with_alpha
+
+
+#: torch.div(a, b, rounding_mode=...): the quotient, then this rounding.
+_ROUNDING_MODES: dict[Any, Callable[[Any], Any]] = {
+    None: lambda q: q,
+    "floor": sympy.floor,
+    "trunc": lambda q: sympy.sign(q) * sympy.floor(sympy.Abs(q)),
+}
+
+
+def _div(a, b, rounding_mode=None):
+    rounding = _ROUNDING_MODES[rounding_mode]
+    return _elementwise(_num(lambda x, y: rounding(x / y)), 2)(a, b)
 
 
 def _rsub(a, b, alpha=1, **_):
@@ -605,7 +662,9 @@ def _expand(x, size, implicit=False):
 
 def _select(x, dim, index):
     arr = _to_array(x)
-    return arr[(slice(None),) * (dim % arr.ndim) + (index,)]
+    # The trailing Ellipsis keeps a 0-d result a view, not the bare element, so that
+    # `y[0] = v` (select, then copy_) writes through to y as in torch.
+    return arr[(slice(None),) * (dim % arr.ndim) + (index, Ellipsis)]
 
 
 def _slice(x, dim=0, start=None, end=None, step=1):
@@ -619,16 +678,24 @@ def _slice(x, dim=0, start=None, end=None, step=1):
 
 
 def _index(x, indices):
-    arr = _to_array(x)
-    key = []
-    for i in indices:
-        if i is None:
-            key.append(slice(None))
-        elif isinstance(i, SymbolicTensor):
-            raise TraceError("a traced value used as an index; index with constants or integer tensors")
-        else:
-            key.append(i.detach().cpu().numpy())
-    return arr[tuple(key)]
+    return _to_array(x)[_index_key(indices)]
+
+
+def _index_key(indices) -> tuple[Any, ...]:
+    """A numpy index from aten's ``Tensor?[]`` indices (object arrays of SymPy integers or booleans)."""
+    return tuple(slice(None) if i is None else _concrete_index(i) for i in indices)
+
+
+def _concrete_index(i: Any) -> np.ndarray:
+    arr = _to_array(i)
+    if any(isinstance(e, sympy.Basic) and e.free_symbols for e in arr.flat):
+        raise TraceError(
+            "a traced value used as an index (x[i] or a mask x[x > 0]): the selected elements depend on "
+            "concrete values. Index with constants or integer tensors, or use torch.where(mask, x, 0)."
+        )
+    if arr.size and all(_is_condition(e) or isinstance(e, (bool, np.bool_)) for e in arr.flat):
+        return np.array([bool(e) for e in arr.flat], dtype=bool).reshape(arr.shape)
+    return np.array([int(e) for e in arr.flat], dtype=np.int64).reshape(arr.shape)
 
 
 def _index_put(x, indices, values, accumulate=False):
@@ -637,13 +704,29 @@ def _index_put(x, indices, values, accumulate=False):
 
 
 def _index_put_into(out, indices, values, accumulate=False):
-    key = tuple(slice(None) if i is None else i.detach().cpu().numpy() for i in indices)
+    key = _index_key(indices)
     values = _to_array(values)
     if accumulate:
         out[key] = out[key] + values
     else:
         out[key] = values
     return out
+
+
+def _gather(x, dim, index, sparse_grad=False):
+    arr, idx = _to_array(x), _concrete_index(index)
+    dim %= max(arr.ndim, 1)
+    # torch lets the index be smaller than x in the other dims; numpy wants them equal.
+    arr = arr[tuple(slice(None) if d == dim else slice(0, n) for d, n in enumerate(idx.shape))]
+    return np.take_along_axis(arr, idx, axis=dim)
+
+
+def _broadcast_in_dim(x, shape, broadcast_dimensions):
+    arr = _to_array(x)
+    placed = [1] * len(shape)
+    for source, target in enumerate(broadcast_dimensions):
+        placed[target] = arr.shape[source]
+    return np.broadcast_to(arr.reshape(placed), tuple(shape))
 
 
 def _squeeze(x, dim=None):
@@ -735,7 +818,8 @@ def _masked_fill(x, mask, value):
 
 
 def _flip(x, dims):
-    return np.flip(_to_array(x), axis=tuple(dims))
+    # torch.flip copies; a numpy view would let a later in-place op write through to x.
+    return np.flip(_to_array(x), axis=tuple(dims)).copy()
 
 
 def _roll(x, shifts, dims=()):
@@ -763,10 +847,24 @@ _NEEDS_VALUE = _refuse(
     "an operation needs the concrete value of a traced tensor (Python `if`, .item(), float(), math.*)",
     "use torch.where(condition, a, b) for branches and keep values as tensors",
 )
-_NEEDS_ORDER = (
-    "the result depends on the ordering of concrete values",
-    "use torch.amax/torch.amin (or torch.max(x) without dim) for the values; indices have no derivative",
-)
+
+
+def _needs_order(op: str) -> Callable[..., Any]:
+    return _refuse(
+        f"torch.{op} depends on the ordering of concrete values, which a symbolic trace does not have",
+        "use torch.amax/torch.amin (or torch.max(x) without dim) for the values; indices have no derivative",
+    )
+
+
+#: Operators whose result is chosen by comparing concrete values, and how the user spells them.
+_ORDER_DEPENDENT = {
+    **{op: op for op in ("sort", "argsort", "msort", "argmax", "argmin", "topk", "kthvalue", "median")},
+    **{op: op for op in ("nanmedian", "mode", "nonzero", "unique_consecutive")},
+    "max.dim": "max(x, dim)",
+    "min.dim": "min(x, dim)",
+    "_unique2": "unique",
+    "unique_dim": "unique",
+}
 
 
 def _detach(x):
@@ -786,6 +884,13 @@ _SPECIAL_RULES: dict[str, Callable[..., Any]] = {
     "add": _with_alpha(operator.add),
     "sub": _with_alpha(operator.sub),
     "rsub": _rsub,
+    "round.decimals": lambda x, decimals=0: _elementwise(
+        lambda v: UNARY["round"](v * 10**decimals) / sympy.Integer(10) ** decimals, 1
+    )(x),
+    "div.Tensor_mode": _div,
+    "div.Scalar_mode": _div,
+    "log_sigmoid": _elementwise(lambda x: -sympy_log1p(sympy.exp(-x)), 1),
+    "logcumsumexp": _cumulative(lambda acc, v: sympy.log(sympy.exp(acc) + sympy.exp(v))),
     "where": _where,
     "clamp": _clamp,
     "clamp_min": lambda x, m: _clamp(x, min=m),
@@ -805,8 +910,8 @@ _SPECIAL_RULES: dict[str, Callable[..., Any]] = {
     "prod": _prod,
     "amax": _amax,
     "amin": _amin,
-    "max": lambda x, *rest: _amax(x) if not rest else _refuse(*_NEEDS_ORDER)(),
-    "min": lambda x, *rest: _amin(x) if not rest else _refuse(*_NEEDS_ORDER)(),
+    "max": _amax,
+    "min": _amin,
     "logsumexp": _logsumexp,
     "linalg_vector_norm": _vector_norm,
     "_softmax": _softmax,
@@ -827,6 +932,9 @@ _SPECIAL_RULES: dict[str, Callable[..., Any]] = {
     "slice": _slice,
     "index": _index,
     "index_put": _index_put,
+    "gather": _gather,
+    "prims::broadcast_in_dim": _broadcast_in_dim,
+    "prims::sum": lambda x, dims, output_dtype=None: _sum(x, dims),
     "squeeze": _squeeze,
     "unsqueeze": _unsqueeze,
     "permute": _permute,
@@ -860,11 +968,7 @@ _SPECIAL_RULES: dict[str, Callable[..., Any]] = {
     "masked_fill": _masked_fill,
     "_local_scalar_dense": _NEEDS_VALUE,
     "is_nonzero": _NEEDS_VALUE,
-    "sort": _refuse(*_NEEDS_ORDER),
-    "argmax": _refuse(*_NEEDS_ORDER),
-    "argmin": _refuse(*_NEEDS_ORDER),
-    "topk": _refuse(*_NEEDS_ORDER),
-    "argsort": _refuse(*_NEEDS_ORDER),
+    **{op: _needs_order(spelled) for op, spelled in _ORDER_DEPENDENT.items()},
 }
 
 _BUILTIN_RULES: dict[str, Callable[..., Any]] = {
@@ -884,32 +988,60 @@ def register_torch_op(op: Any, rule: Callable[..., Any]) -> None:
     """Teach the tracer one torch operator.
 
     Args:
-        op: the ATen operator, as ``torch.ops.aten.foo``, ``torch.ops.aten.foo.default``,
-            or its name ``"foo"`` / ``"aten::foo"`` / ``"foo.Tensor"``.
+        op: the operator, as ``torch.ops.aten.foo``, ``torch.ops.aten.foo.default``,
+            or its name ``"foo"`` / ``"aten::foo"`` / ``"foo.Tensor"`` (``"prims::foo"`` for
+            another namespace). A rule for ``foo`` also serves the in-place ``foo_``.
         rule: called with the operator's arguments, tensors given as numpy object arrays
-            of SymPy expressions; returns the result as such an array.
+            of SymPy expressions, numbers as exact SymPy numbers, and dims, sizes and
+            flags as Python ints and bools; returns the result as such an array.
+
+    Raises:
+        TypeError: ``rule`` is not callable, or ``op`` is neither an operator nor a name.
+        ValueError: torch has no operator (or overload) of that name.
 
     Example:
         >>> import sympy, autocheck
         >>> autocheck.register_torch_op("aten::sinc", lambda x: x)  # doctest: +SKIP
     """
     if not callable(rule):
-        raise TypeError(f"register_torch_op: rule must be callable, got rule={rule!r}")
+        raise TypeError(
+            f"register_torch_op: rule must be callable (a function of the operator's arguments that "
+            f"returns an object array of SymPy expressions), got rule={rule!r}"
+        )
     TORCH_TO_SYMPY.maps[0][_op_key(op)] = rule
 
 
 def _op_key(op: Any) -> str:
-    if isinstance(op, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
-        name = op._schema.name if isinstance(op, torch._ops.OpOverload) else op._qualified_op_name
-        overload = op._overloadname if isinstance(op, torch._ops.OpOverload) else ""
-        base = name.split("::")[-1]
-        return f"{base}.{overload}" if overload and overload != "default" else base
-    if isinstance(op, str) and op:
-        return op.split("::")[-1].removesuffix(".default")
-    raise TypeError(
-        f"register_torch_op: op must be an ATen operator such as torch.ops.aten.sinc or a name such as "
-        f"'aten::sinc', got op={op!r}"
-    )
+    """The table key of an operator: ``name`` or ``name.overload``, ``namespace::`` outside aten."""
+    if isinstance(op, torch._ops.OpOverload):
+        qualified, overload = op._schema.name, op._overloadname
+    elif isinstance(op, torch._ops.OpOverloadPacket):
+        qualified, overload = op._qualified_op_name, ""
+    elif isinstance(op, str) and op.strip():
+        qualified, _, overload = op.strip().partition(".")
+        if "::" not in qualified:
+            qualified = f"aten::{qualified}"
+    else:
+        raise TypeError(
+            f"register_torch_op: op must be an ATen operator such as torch.ops.aten.sinc or a name such as "
+            f"'aten::sinc', got op={op!r}"
+        )
+    namespace, name = qualified.split("::", 1)
+    packet = getattr(getattr(torch.ops, namespace, None), name, None) if namespace.isidentifier() else None
+    if not isinstance(packet, torch._ops.OpOverloadPacket):
+        raise ValueError(
+            f"register_torch_op: torch has no operator {qualified!r} (got op={op!r}); give the ATen name that "
+            "the trace error names, e.g. 'aten::sinc', or the operator itself, torch.ops.aten.sinc"
+        )
+    if overload and overload != "default" and overload not in packet.overloads():
+        raise ValueError(
+            f"register_torch_op: {qualified} has no overload {overload!r} (got op={op!r}); "
+            f"it has {sorted(packet.overloads())}"
+        )
+    if name.endswith("_") and not name.endswith("__"):
+        name = name[:-1]  # dispatch looks in-place operators up under their out-of-place name
+    key = name if namespace == "aten" else f"{namespace}::{name}"
+    return f"{key}.{overload}" if overload and overload != "default" else key
 
 
 # --------------------------------------------------------------------------------------
@@ -929,20 +1061,59 @@ def _dispatch(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
     if namespace != "aten":
         base = f"{namespace}::{base}"
     rule = TORCH_TO_SYMPY.get(f"{base}.{overload}") or TORCH_TO_SYMPY.get(base)
+    if rule is None and namespace == "prims" and name in _PRIMS_AS_ATEN:
+        # torch's decompositions (layer_norm, ...) end in prims; the elementwise ones mean
+        # exactly what the aten op of the same name means. Others differ (prims.transpose
+        # takes a permutation), so they need their own "prims::" rule.
+        rule = TORCH_TO_SYMPY.get(name)
     if rule is None:
         return _decompose(func, args, kwargs)
     dtype = _floating_dtype(args)
-    sym_args = [_sym_of(a) if not isinstance(a, (list, tuple)) else type(a)(_sym_of(v) for v in a) for a in args]
-    sym_kwargs = {k: _sym_of(v) for k, v in kwargs.items() if k not in ("dtype", "layout", "device", "pin_memory", "memory_format", "non_blocking")}
+    structural = _structural_arguments(func)
+    sym_args = [a if i in structural else _sym_of_argument(a) for i, a in enumerate(args)]
+    sym_kwargs = {
+        k: v if k in structural else _sym_of_argument(v)
+        for k, v in kwargs.items()
+        if k not in ("dtype", "layout", "device", "pin_memory", "memory_format", "non_blocking")
+    }
     if "dtype" in kwargs and base in ("_to_copy", "to"):
         sym_kwargs["dtype"] = kwargs["dtype"]
     result = rule(*sym_args, **sym_kwargs)
+    if in_place and name in _RESHAPE_IN_PLACE:
+        return _reshape_in_place(func, args, kwargs, result)
     if in_place:
-        return _write_into(args[0], result)
+        return _write_into(args[0], result, name)
     out = _wrap(result, dtype)
     if base in ("_to_copy", "to") and kwargs.get("dtype") is not None and isinstance(out, SymbolicTensor):
         out = SymbolicTensor(out.sym, kwargs["dtype"])
     return out
+
+
+def _sym_of_argument(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return type(value)(_sym_of(v) for v in value)
+    return _sym_of(value)
+
+
+#: Schema types that describe the shape of an operation (dims, sizes, indices, flags), not a
+#: value in the mathematics: rules get them as plain Python ints and bools, as ``np.reshape``
+#: and ``isinstance(dim, int)`` expect. A ``Scalar``/``float`` argument becomes an exact number.
+_STRUCTURAL_TYPE_KINDS = frozenset({"IntType", "SymIntType", "BoolType", "StringType"})
+
+
+@functools.lru_cache(maxsize=None)
+def _structural_arguments(func: torch._ops.OpOverload) -> frozenset[Any]:
+    """Positions and names of ``func``'s structural arguments."""
+    out: set[Any] = set()
+    for position, argument in enumerate(func._schema.arguments):
+        kind = argument.type
+        while kind.kind() in ("OptionalType", "ListType"):
+            kind = kind.getElementType()
+        if kind.kind() in _STRUCTURAL_TYPE_KINDS:
+            out.add(argument.name)
+            if not argument.kwarg_only:
+                out.add(position)
+    return frozenset(out)
 
 
 def _decompose(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
@@ -950,20 +1121,46 @@ def _decompose(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
     if decomposition is None:
         name = str(func).removesuffix(".default")
         raise TraceError(
-            f"no rule to trace the torch operation {name} (aten::{func._schema.name.split('::')[-1]}). "
-            + _FIX_REGISTER.format(op=f"aten::{func._schema.name.split('::')[-1]}")
+            f"no rule to trace the torch operation {name} ({func._schema.name}). "
+            + _FIX_REGISTER.format(op=func._schema.name)
         )
     return decomposition(*args, **kwargs)
 
 
-def _write_into(target: Any, result: Any) -> Any:
+def _write_into(target: Any, result: Any, op: str = "copy_") -> Any:
     if not isinstance(target, SymbolicTensor):
         raise TraceError(
-            "an in-place operation writes a traced value into a constant tensor; "
-            "clone the traced tensor first, or build the result out of place"
+            f"an in-place operation ({op}) writes a traced value into a constant tensor. Make the "
+            "tensor from a traced one (x.new_zeros(3), torch.zeros_like(x), x.clone()), or build the "
+            "result out of place (torch.stack, torch.cat, torch.where)"
         )
     target.sym[...] = _to_array(result)
     return target
+
+
+def _reshape_in_place(func: torch._ops.OpOverload, args: tuple, kwargs: dict, result: Any) -> Any:
+    """``x.squeeze_()`` and friends: change the wrapper's own sizes, then its elements.
+
+    C++ callers ignore what an in-place op returns and keep using ``self`` (matmul of a
+    vector is ``mm(a.unsqueeze(0), b).squeeze_(0)``), so the tensor object itself must change.
+    These ops only touch sizes and strides, so torch's own kernel can run on the storage-less
+    wrapper once the Python dispatch key is out of the way.
+    """
+    target = args[0]
+    if not isinstance(target, SymbolicTensor):
+        return _write_into(target, result, func._schema.name)
+    with torch._C._ExcludeDispatchKeyGuard(_PYTHON_KEYS):
+        func(*args, **kwargs)
+    target.sym = np.array(_to_array(result), dtype=object)
+    return target
+
+
+_PYTHON_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.Python) | torch._C.DispatchKeySet(
+    torch._C.DispatchKey.PythonTLSSnapshot
+)
+
+#: In-place operations with a rule that change a tensor's shape.
+_RESHAPE_IN_PLACE = frozenset({"squeeze_", "unsqueeze_", "t_", "transpose_"})
 
 
 def _copy_into(target: Any, source: Any) -> Any:
@@ -1034,7 +1231,19 @@ _FALLBACK_NAMES = ("x", "y", "z", "w", "u", "v", "s", "t")
 
 
 def parameter_names(f: Callable[..., Any]) -> tuple[str, ...] | None:
-    """The names of ``f``'s required positional parameters, or None where Python cannot tell."""
+    """The names of ``f``'s required positional parameters, or None where Python cannot tell.
+
+    Functions defined by torch itself get ``x, y, z, ...`` as its builtins do: torch calls
+    nearly every tensor parameter ``input`` (``F.mish(input)``, ``nn.Linear.forward``), and
+    ``F.mish`` should read like ``torch.exp``.
+    """
+    names = _declared_parameter_names(f)
+    if names is not None and _defined_by_torch(f):
+        return _FALLBACK_NAMES[: len(names)] if len(names) <= len(_FALLBACK_NAMES) else None
+    return names
+
+
+def _declared_parameter_names(f: Callable[..., Any]) -> tuple[str, ...] | None:
     try:
         signature = inspect.signature(f)
     except (TypeError, ValueError):
@@ -1048,6 +1257,11 @@ def parameter_names(f: Callable[..., Any]) -> tuple[str, ...] | None:
     if not names and isinstance(f, type) is False and hasattr(f, "__self__") and hasattr(f, "__func__"):
         return None
     return tuple(names) if names else None
+
+
+def _defined_by_torch(f: Callable[..., Any]) -> bool:
+    module = getattr(f, "__module__", None)
+    return isinstance(module, str) and (module == "torch" or module.startswith("torch."))
 
 
 def symbols_for(name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -1118,6 +1332,8 @@ def _trace_with(f, names, shapes, dtype) -> Trace:
             out = f(*tensors)
         except TraceError:
             raise
+        except _Abort as abort:
+            raise abort.error from None
         except (RuntimeError, NotImplementedError, IndexError, ValueError, AttributeError) as error:
             raise TraceError(f"tracing {_describe(f)} failed: {type(error).__name__}: {error}") from error
     if isinstance(out, (tuple, list)):

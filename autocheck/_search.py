@@ -1,0 +1,452 @@
+"""Stage 6: where to look. Domains and the points drawn from them.
+
+Points are drawn in float64 and rounded to the checked dtype, from a mixture that covers
+every magnitude: special values (0, -0.0, ±1, the smallest normal and subnormal numbers,
+the largest finite ones), log-uniform magnitudes across the dtype's whole range, moderate
+magnitudes (2^-12 to 2^12, where a band such as 4 < |x| < 4.5 gets real weight), and
+uniform values in [-10, 10]. The bulk comes from torch's generator, seeded, for speed.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ._errors import DomainError
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One closed interval per parameter (``-inf``/``inf`` for unbounded)."""
+
+    names: tuple[str, ...]
+    intervals: tuple[tuple[float, float], ...]
+
+    def contains(self, points: Sequence[torch.Tensor]) -> torch.Tensor:
+        inside = torch.ones_like(points[0], dtype=torch.bool)
+        for (low, high), values in zip(self.intervals, points):
+            inside &= (values >= low) & (values <= high)
+        return inside
+
+    def describe(self) -> str:
+        return ", ".join(f"{n} in [{lo:g}, {hi:g}]" for n, (lo, hi) in zip(self.names, self.intervals))
+
+
+def parse_domain(domain: Any, names: Sequence[str]) -> Domain:
+    """Read ``domain=``: None, one interval ``(low, high)``, a list of them (one per
+    parameter), or a mapping from parameter name to interval."""
+    names = tuple(names)
+    everything = (-math.inf, math.inf)
+    if domain is None:
+        return Domain(names, tuple(everything for _ in names))
+    if isinstance(domain, Mapping):
+        unknown = [k for k in domain if k not in names]
+        if unknown:
+            raise DomainError(
+                f"domain names {unknown[0]!r}, which is not a parameter of the function "
+                f"(parameters: {', '.join(names)}); use one of those names as the key"
+            )
+        intervals = tuple(_interval(n, domain.get(n, everything)) for n in names)
+        return Domain(names, intervals)
+    if _is_interval(domain):
+        return Domain(names, tuple(_interval(n, domain) for n in names))
+    if isinstance(domain, (list, tuple)):
+        if len(domain) != len(names):
+            raise DomainError(
+                f"domain has {len(domain)} intervals but the function has {len(names)} parameters "
+                f"({', '.join(names)}); give one (low, high) per parameter, or a dict by name"
+            )
+        return Domain(names, tuple(_interval(n, d) for n, d in zip(names, domain)))
+    raise DomainError(
+        f"domain must be (low, high), a list of them, or a dict by parameter name, got domain={domain!r}"
+    )
+
+
+def _is_interval(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
+
+
+def _interval(name: str, value: Any) -> tuple[float, float]:
+    if not _is_interval(value):
+        raise DomainError(f"domain for {name} must be a (low, high) pair of numbers, got {value!r}")
+    low, high = float(value[0]), float(value[1])
+    if math.isnan(low) or math.isnan(high) or not low <= high:
+        raise DomainError(
+            f"domain for {name} is empty: ({low!r}, {high!r}); give an interval with low <= high, "
+            f"e.g. domain={{{name!r}: (0.1, 10.0)}}"
+        )
+    return low, high
+
+
+def special_values(dtype: torch.dtype) -> list[float]:
+    """Values where gradients go wrong most often, representable in ``dtype``."""
+    info = torch.finfo(dtype)
+    base = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, math.pi, -math.pi, 10.0, -10.0]
+    extremes = [info.tiny, -info.tiny, info.tiny * info.eps, -info.tiny * info.eps, info.max, -info.max]
+    moderate = [20.5, -20.5, 100.0, -100.0, 1e-3, -1e-3]
+    return base + moderate + extremes
+
+
+def _log_uniform(n: int, low_exp: float, high_exp: float, generator: torch.Generator) -> torch.Tensor:
+    exponents = torch.empty(n, dtype=torch.float64).uniform_(low_exp, high_exp, generator=generator)
+    signs = torch.randint(0, 2, (n,), generator=generator, dtype=torch.float64) * 2 - 1
+    return signs * torch.exp2(exponents)
+
+
+def draw(
+    count: int,
+    n_params: int,
+    dtype: torch.dtype,
+    domain: Domain,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    """``count`` points (one float64 tensor per parameter), rounded to ``dtype``, inside ``domain``."""
+    info = torch.finfo(dtype)
+    smallest_exp = math.log2(info.tiny * info.eps)
+    largest_exp = math.log2(info.max)
+    columns = []
+    for low, high in domain.intervals:
+        quarter = max(count // 4, 1)
+        parts = [
+            _log_uniform(quarter, smallest_exp, largest_exp, generator),
+            _log_uniform(quarter, -12.0, 12.0, generator),
+            torch.empty(quarter, dtype=torch.float64).uniform_(-10.0, 10.0, generator=generator),
+        ]
+        if math.isfinite(low) and math.isfinite(high):
+            parts.append(torch.empty(quarter, dtype=torch.float64).uniform_(low, high, generator=generator))
+        elif math.isfinite(low) or math.isfinite(high):
+            edge = low if math.isfinite(low) else high
+            direction = 1.0 if math.isfinite(low) else -1.0
+            offsets = _log_uniform(quarter, -30.0, 12.0, generator).abs()
+            parts.append(edge + direction * offsets)
+        specials = torch.tensor(special_values(dtype) + _edges(low, high), dtype=torch.float64)
+        bulk = torch.cat(parts)
+        bulk = bulk[torch.randperm(bulk.numel(), generator=generator)]
+        column = torch.cat([specials[torch.randperm(specials.numel(), generator=generator)], bulk])[:count]
+        if column.numel() < count:
+            column = torch.cat([column, bulk[: count - column.numel()]])
+        column = _clip_to(column, low, high, generator)
+        columns.append(column.to(dtype).to(torch.float64))
+    return columns
+
+
+def _edges(low: float, high: float) -> list[float]:
+    edges = []
+    for edge in (low, high):
+        if math.isfinite(edge):
+            edges += [edge, math.nextafter(edge, 0.0) if edge else edge]
+    return edges
+
+
+def _clip_to(values: torch.Tensor, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace values outside [low, high] by values drawn inside it."""
+    outside = (values < low) | (values > high)
+    if not outside.any():
+        return values
+    if math.isfinite(low) and math.isfinite(high):
+        span = high - low
+        fresh = low + span * torch.rand(int(outside.sum()), dtype=torch.float64, generator=generator)
+        # Magnitudes inside a wide interval: also try log-uniform draws that fall inside.
+    else:
+        edge = low if math.isfinite(low) else high
+        direction = 1.0 if math.isfinite(low) else -1.0
+        fresh = edge + direction * _log_uniform(int(outside.sum()), -30.0, 30.0, generator).abs()
+    values = values.clone()
+    values[outside] = fresh
+    return values.clamp(low, high)
+
+
+# --------------------------------------------------------------------------------------
+# Hypothesis: special values, scalars and seeds; shrinking
+# --------------------------------------------------------------------------------------
+
+_WIDTH = {torch.float64: 64, torch.float32: 32, torch.float16: 16, torch.bfloat16: 32}
+
+
+def floats_in(low: float, high: float, dtype: torch.dtype) -> Any:
+    """A Hypothesis strategy of finite floats of ``dtype`` in [low, high]."""
+    from hypothesis import strategies as st
+
+    info = torch.finfo(dtype)
+    low, high = max(low, -info.max), min(high, info.max)
+    width = _WIDTH[dtype]
+    low_w, high_w = _representable(low, dtype, up=True), _representable(high, dtype, up=False)
+    strategy = st.floats(low_w, high_w, allow_nan=False, allow_infinity=False, width=width)
+    if dtype is torch.bfloat16:
+        strategy = strategy.map(lambda v: float(torch.tensor(v).to(torch.bfloat16))).filter(lambda v: low <= v <= high)
+    return strategy
+
+
+def _representable(value: float, dtype: torch.dtype, up: bool) -> float:
+    """``value`` rounded into ``dtype``, moved inward so that it stays inside the interval."""
+    rounded = float(torch.tensor(value, dtype=torch.float64).to(dtype))
+    if up and rounded < value:
+        rounded = float(torch.nextafter(torch.tensor(rounded, dtype=dtype), torch.tensor(math.inf, dtype=dtype)))
+    if not up and rounded > value:
+        rounded = float(torch.nextafter(torch.tensor(rounded, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)))
+    return rounded
+
+
+def point_strategy(domain: Domain, dtype: torch.dtype) -> Any:
+    """Hypothesis strategy: one point (a tuple, one float per parameter) inside ``domain``."""
+    from hypothesis import strategies as st
+
+    return st.tuples(*[floats_in(low, high, dtype) for low, high in domain.intervals])
+
+
+class Found(Exception):
+    """Raised inside a Hypothesis example that found failing points."""
+
+    def __init__(self, points: list[tuple[float, ...]]) -> None:
+        super().__init__(f"{len(points)} failing point(s), first {points[0]}")
+        self.points = points
+
+
+def search(
+    failures: Callable[[list[torch.Tensor]], torch.Tensor],
+    domain: Domain,
+    dtype: torch.dtype,
+    *,
+    examples: int,
+    bulk: Callable[[int], list[torch.Tensor]],
+    seed: int,
+    database_key: str | None,
+    settings: Any = None,
+) -> tuple[float, ...] | None:
+    """Search ``domain`` for a point where ``failures`` flags an error; return the simplest found.
+
+    Each Hypothesis example is one scalar point (Hypothesis chooses it, covering special
+    values and shrinking it towards simple numbers) plus a bulk batch drawn by torch's
+    generator from a seed that Hypothesis also chooses. ``failures(columns)`` takes one
+    float64 tensor per parameter and returns a bool mask of failing points. The same
+    ``seed`` gives the same search; with a ``database_key``, failing examples are saved in
+    ``.hypothesis/autocheck/<key>`` and replayed first on the next run.
+    """
+    from hypothesis import HealthCheck, Phase, Verbosity, given
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis import settings as hypothesis_settings
+    from hypothesis import strategies as st
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    def probe(point: tuple[float, ...], batch_seed: int) -> None:
+        columns = [torch.tensor([v], dtype=torch.float64) for v in point]
+        extra = bulk(batch_seed)
+        columns = [torch.cat([c, e]) for c, e in zip(columns, extra)]
+        mask = failures(columns)
+        if mask.any():
+            index = mask.nonzero().reshape(-1).tolist()
+            raise Found([tuple(float(c[k]) for c in columns) for k in index])
+
+    database = DirectoryBasedExampleDatabase(f".hypothesis/autocheck/{database_key}") if database_key else None
+    options = dict(
+        max_examples=examples,
+        deadline=None,
+        database=database,
+        verbosity=Verbosity.quiet,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+        print_blob=False,
+    )
+    chosen = hypothesis_settings(settings, **options) if settings is not None else hypothesis_settings(**options)
+    test = given(point_strategy(domain, dtype), st.integers(0, 2**32 - 1))(probe)
+    test = hypothesis_seed(seed)(chosen(test))
+    try:
+        test()
+    except Found as found:
+        return simplest(found.points)
+    return None
+
+
+def simplicity(point: tuple[float, ...]) -> tuple:
+    """Sort key: integers before fractions, few decimals before many, small before large."""
+    return tuple(_value_simplicity(v) for v in point)
+
+
+def _value_simplicity(v: float) -> tuple:
+    if v == 0:
+        return (0, 0, 0.0)
+    text = repr(abs(v))
+    digits = len(text.replace(".", "").replace("e", "").lstrip("0").rstrip("0"))
+    return (0 if float(v).is_integer() and abs(v) < 2**53 else 1, digits, abs(v))
+
+
+def simplest(points: list[tuple[float, ...]]) -> tuple[float, ...]:
+    return min(points, key=lambda p: (max(simplicity(p)), simplicity(p)))
+
+
+def shrink(
+    point: tuple[float, ...],
+    failures: Callable[[list[torch.Tensor]], torch.Tensor],
+    domain: Domain,
+    dtype: torch.dtype,
+) -> tuple[float, ...]:
+    """Move a failing point to the simplest failing number nearby, one coordinate at a time.
+
+    For each coordinate: find the edges of the failing interval around it (bisection over
+    the dtype's floats), then pick the number with the fewest decimal digits inside it,
+    smallest in magnitude: a bug above 20 is reported at 21.0, one in 4 < |x| < 4.6 at 4.1.
+    """
+    current = list(point)
+    for _ in range(2):
+        for k in range(len(current)):
+            current[k] = _shrink_coordinate(current, k, failures, domain.intervals[k], dtype)
+    return tuple(current)
+
+
+def _fails(current: list[float], k: int, values: list[float], failures, dtype) -> list[bool]:
+    columns = []
+    for j, v in enumerate(current):
+        column = torch.tensor(values if j == k else [v] * len(values), dtype=torch.float64)
+        columns.append(column.to(dtype).to(torch.float64))
+    return failures(columns).tolist()
+
+
+def _shrink_coordinate(current, k, failures, interval, dtype) -> float:
+    x = current[k]
+    low, high = interval
+    info = torch.finfo(dtype)
+    low, high = max(low, -info.max), min(high, info.max)
+    # Simple candidates first: a bug at 0, at ±1, ... is reported there.
+    simple = [v for v in (0.0, 1.0, -1.0, 2.0, -2.0) if low <= v <= high and abs(v) <= abs(x)]
+    for v, bad in zip(simple, _fails(current, k, simple, failures, dtype) if simple else []):
+        if bad:
+            return v
+    inner = _edge(current, k, x, 0.0 if low <= 0.0 <= high else (low if x < low else high), failures, dtype)
+    outer = _edge(current, k, x, high if x > 0 else low, failures, dtype)
+    lo, hi = sorted((inner, outer))
+    # The failing set need not be an interval (a bug masked where the tolerance is wide):
+    # try the simplest numbers of the interval in order, all in one batch.
+    candidates = _simple_numbers(lo, hi, dtype)
+    if candidates:
+        for candidate, bad in zip(candidates, _fails(current, k, candidates, failures, dtype)):
+            if bad:
+                return candidate
+    return x
+
+
+def _simple_numbers(lo: float, hi: float, dtype: torch.dtype, count: int = 16) -> list[float]:
+    """Up to ``count`` simple numbers in [lo, hi], simplest first."""
+    found: list[float] = []
+    a, b = lo, hi
+    for _ in range(count):
+        candidate = _simplest_decimal(a, b, dtype)
+        if candidate is None or candidate in found:
+            break
+        found.append(candidate)
+        step = math.nextafter(candidate, math.inf) if candidate >= 0 else math.nextafter(candidate, -math.inf)
+        if candidate >= 0:
+            a = step
+        else:
+            b = step
+        if a > b:
+            break
+    return found
+
+
+def _edge(current, k, bad: float, good_side: float, failures, dtype, steps: int = 70) -> float:
+    """The failing value closest to ``good_side`` on the segment from ``bad`` (bisection)."""
+    if bad == good_side or _fails(current, k, [good_side], failures, dtype)[0]:
+        return good_side
+    good = good_side
+    for _ in range(steps):
+        middle = _midpoint(bad, good)
+        middle = float(torch.tensor(middle, dtype=torch.float64).to(dtype))
+        if middle in (bad, good):
+            break
+        if _fails(current, k, [middle], failures, dtype)[0]:
+            bad = middle
+        else:
+            good = middle
+    return bad
+
+
+def _midpoint(a: float, b: float) -> float:
+    """Midpoint in magnitude order: geometric when both sides share a sign and differ a lot."""
+    if a == 0 or b == 0:
+        other = b if a == 0 else a
+        return other / 2 if abs(other) > 1e-300 else other * 2.0**-64
+    if (a > 0) != (b > 0):
+        return 0.0
+    if max(abs(a), abs(b)) > 4 * min(abs(a), abs(b)):
+        return math.copysign(math.sqrt(abs(a)) * math.sqrt(abs(b)), a)
+    return a / 2 + b / 2
+
+
+def _simplest_decimal(lo: float, hi: float, dtype: torch.dtype) -> float | None:
+    """The simplest number in [lo, hi], rounded into ``dtype``: the integer nearest zero;
+    else the fewest significant decimal digits, nearest to 1 in magnitude among those."""
+    if lo <= 0 <= hi:
+        return 0.0
+    sign = 1.0 if lo > 0 else -1.0
+    a, b = sorted((abs(lo), abs(hi)))
+    candidates = []
+    if math.ceil(a) <= b and math.ceil(a) < 2**53:
+        candidates.append(float(math.ceil(a)))
+    for digits in range(1, 18):
+        # below 1, the largest such number (nearest 1); above, the smallest
+        if b < 1:
+            exponent = math.floor(math.log10(b)) - digits + 1
+            value = Decimal(math.floor(Decimal(b) / Decimal(10) ** exponent)) * Decimal(10) ** exponent
+            found = float(value) >= a
+        else:
+            exponent = math.floor(math.log10(a)) - digits + 1
+            value = Decimal(math.ceil(Decimal(a) / Decimal(10) ** exponent)) * Decimal(10) ** exponent
+            found = float(value) <= b
+        if found:
+            candidates.append(float(value))
+            break
+    for candidate in candidates:
+        rounded = float(torch.tensor(sign * candidate, dtype=torch.float64).to(dtype))
+        if a <= abs(rounded) <= b:
+            return rounded
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Domain inference
+# --------------------------------------------------------------------------------------
+
+#: Expressions larger than this (SymPy operation count) skip symbolic domain inference,
+#: which can take seconds; points outside the real domain are then rejected numerically.
+_MAX_OPS_FOR_SYMBOLIC_DOMAIN = 40
+
+
+def infer_domain(forward: Any, symbols: Sequence[Any], given: Domain) -> Domain:
+    """Narrow ``given`` to where the function is real and continuous, argument by argument.
+
+    Works on functions of one argument symbolically (log: x in [0, inf), atanh: [-1, 1]);
+    for the others each argument keeps the given interval and points where the function
+    is not real are rejected when drawn. An empty intersection is a :class:`DomainError`.
+    """
+    import sympy
+    from sympy.calculus.util import continuous_domain
+
+    intervals = list(given.intervals)
+    free = forward.free_symbols if forward is not None else set()
+    for k, s in enumerate(symbols):
+        if free != {s} or sympy.count_ops(forward) > _MAX_OPS_FOR_SYMBOLIC_DOMAIN:
+            continue
+        try:
+            region = continuous_domain(forward, s, sympy.S.Reals)
+        except Exception:  # noqa: BLE001 - SymPy cannot say: fall back to rejection
+            continue
+        if region.is_empty:
+            continue
+        low, high = float(region.inf), float(region.sup)
+        g_low, g_high = intervals[k]
+        new_low, new_high = max(low, g_low), min(high, g_high)
+        if new_low > new_high:
+            raise DomainError(
+                f"domain for {s} is [{g_low:g}, {g_high:g}], but the function is real only for {s} in "
+                f"[{low:g}, {high:g}]; give an interval inside that range"
+            )
+        intervals[k] = (new_low, new_high)
+    return Domain(given.names, tuple(intervals))
