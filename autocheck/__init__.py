@@ -1,19 +1,36 @@
-"""autocheck: prove PyTorch gradients right or wrong against exact symbolic derivatives."""
+"""autocheck: prove PyTorch gradients right or wrong against exact symbolic derivatives.
 
+>>> import torch, autocheck
+>>> autocheck.derivative(lambda x: x * x * torch.exp(x))
+x**2*exp(x) + 2*x*exp(x)
+"""
+
+from ._check import assert_grad_matches as assert_grad_matches
+from ._check import check_grad as check_grad
+from ._check import reference as reference
+from ._compare import DEFAULT_TOLERANCES as DEFAULT_TOLERANCES
 from ._errors import DomainError as DomainError
 from ._errors import GradientMismatch as GradientMismatch
 from ._errors import TraceError as TraceError
 from ._errors import TranslationError as TranslationError
+from ._printer import register_sympy_function as register_sympy_function
+from ._report import Report as Report
 from ._symbolic import derivative as derivative
 from ._trace import register_torch_op as register_torch_op
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_TOLERANCES",
     "DomainError",
     "GradientMismatch",
+    "Report",
     "TraceError",
     "TranslationError",
+    "assert_grad_matches",
+    "check_grad",
     "derivative",
+    "reference",
+    "register_sympy_function",
     "register_torch_op",
 ]

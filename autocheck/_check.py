@@ -16,7 +16,7 @@ import sympy
 import torch
 
 from . import _oracle, _printer
-from ._compare import Judgement, Tolerance, between, judge, rounding_scale, tolerance_for
+from ._compare import Judgement, Tolerance, between, judge, rounding_scale, tolerance_for, underflow_symbol
 from ._errors import GradientMismatch, TraceError
 from ._report import Point, Report
 from ._search import Domain, draw, infer_domain, parse_domain, search, shrink
@@ -128,10 +128,13 @@ class Symbolic:
     def exact(self, values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return _oracle.evaluate([e for _, _, e in self.entries], self.symbols, values)
 
-    def scale(self, values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def scale(self, values: Sequence[torch.Tensor], tol: Tolerance, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """The rounding-error size of each entry, in units of rtol (see :func:`rounding_scale`)."""
         if self._scale is None:
-            self._scale = _printer.to_torch(self.scale_exprs, self.symbols)
-        return self._scale(*values)
+            self._scale = _printer.to_torch(self.scale_exprs, [*self.symbols, underflow_symbol()])
+        floor = torch.finfo(dtype).tiny / max(tol.rtol, torch.finfo(dtype).eps)
+        like = values[0]
+        return self._scale(*values, torch.tensor(floor, dtype=torch.float64, device=like.device))
 
     def forward_value(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
         if self._forward is None:
@@ -322,10 +325,10 @@ def _judge_scalar(sym: Symbolic, f, points, dtype, device, order, tol, generator
     else:
         forward, grads = _pointwise(f, values, shape, order, v, u)
     exact64 = [p.to(device=device, dtype=torch.float64) for p in values]
-    exact_parts = sym.exact(exact64)
-    scales = sym.scale(exact64)
-    v64 = v.to(torch.float64)
     skip = ~torch.isfinite(forward.to(torch.float64).expand(shape)).reshape(-1)
+    exact_parts = _exact_where_judged(sym, exact64, shape, skip)
+    scales = sym.scale(exact64, tol, dtype)
+    v64 = v.to(torch.float64)
     for i in range(n):
         if order == 1:
             expected = v64 * exact_parts[i]
@@ -358,6 +361,22 @@ def _judge_scalar(sym: Symbolic, f, points, dtype, device, order, tol, generator
         out.where.append([label] * got.numel())
 
 
+def _exact_where_judged(sym: Symbolic, values, shape, skip: torch.Tensor) -> list[torch.Tensor]:
+    """Exact values at the points whose forward value is finite (the others are not judged,
+    and their exact values, often overflowing, would cost mpmath time for nothing)."""
+    if not skip.any():
+        return [p.expand(shape) for p in sym.exact(values)]
+    keep = ~skip
+    flat = [p.expand(shape).reshape(-1)[keep] for p in values]
+    parts = sym.exact(flat) if int(keep.sum()) else [torch.empty(0, dtype=torch.float64) for _ in sym.entries]
+    full = []
+    for part in parts:
+        column = torch.full((skip.numel(),), torch.nan, dtype=torch.float64, device=skip.device)
+        column[keep] = part.reshape(-1).to(column.device)
+        full.append(column.reshape(shape))
+    return full
+
+
 def _accept_kinks(sym, j: Judgement, got, exact64, v64, u, i, n, order, shape, aligned: bool, dtype) -> None:
     """Where an element fails, accept it if the point is a kink and autograd's value lies
     between the derivatives on either side.
@@ -385,6 +404,7 @@ def _accept_kinks(sym, j: Judgement, got, exact64, v64, u, i, n, order, shape, a
     is_kink = gap(near) >= 0.5 * gap(far)
     ok = is_kink & (gap(near) > 0) & between(got[index], near, j.allowed[index])
     j.passed[index] |= ok
+    j.kink[index] |= ok
 
 
 def _pointwise(f, values, shape, order, v, u):
@@ -414,7 +434,7 @@ def _judge_tensor(sym: Symbolic, f, values, dtype, device, order, tol, generator
     point = torch.cat([x.detach().to(torch.float64).reshape(-1) for x in values])
     weights = _Weights(v.to(torch.float64), torch.cat([w.to(torch.float64).reshape(-1) for w in u]) if u else None)
     expected = _contract(sym, sym.exact(list(point)), weights, device)
-    scale = _contract(sym, sym.scale(list(point)), weights, device, absolute=True)
+    scale = _contract(sym, sym.scale(list(point), tol, dtype), weights, device, absolute=True)
     got = torch.cat([g.detach().to(torch.float64).reshape(-1) for g in grads])
     skip = torch.zeros(point.numel(), dtype=torch.bool, device=device)
     if not torch.isfinite(forward.to(torch.float64)).all():
@@ -469,6 +489,7 @@ def _tensor_kinks(sym: Symbolic, j: Judgement, got, point, weights: _Weights, de
     gap = lambda values: (torch.stack(values).amax(0) - torch.stack(values).amin(0)).nan_to_num(nan=0.0)  # noqa: E731
     ok = (gap(near) >= 0.5 * gap(far)) & (gap(near) > 0) & between(got[failing], near, j.allowed[failing])
     j.passed[failing] |= ok
+    j.kink[failing] |= ok
 
 
 # --------------------------------------------------------------------------------------
@@ -760,6 +781,7 @@ def _reproduce_line(f, tensors_repr, dtype, device, order, seed, reference) -> s
 def _report(f, sym: Symbolic, out: _Outcome, dtype, device, order, tol: Tolerance, seed, reproduce, first=None) -> Report:
     passed = torch.cat([j.passed.cpu() for j in out.judgement])
     skipped = torch.cat([j.skipped.cpu() for j in out.judgement])
+    kinks = torch.cat([j.kink.cpu() for j in out.judgement])
     ulp_err = torch.cat([j.ulp_error.cpu() for j in out.judgement])
     rel_err = torch.cat([j.rel_error.cpu() for j in out.judgement])
     abs_err = torch.cat([j.abs_error.cpu() for j in out.judgement])
@@ -774,7 +796,12 @@ def _report(f, sym: Symbolic, out: _Outcome, dtype, device, order, tol: Toleranc
         "forward value not finite": out.forward_skipped,
         "exact derivative not finite": int(skipped.sum()) - out.forward_skipped,
     }
-    order_keys = torch.where(failed, ulp_err + 1e300, ulp_err.nan_to_num(posinf=1e299))
+    # Elements accepted at a kink have no error to speak of: they rank below every other.
+    ulp_err = torch.where(kinks, 0.0, ulp_err)
+    rel_err = torch.where(kinks, 0.0, rel_err)
+    abs_err = torch.where(kinks, 0.0, abs_err)
+    capped = ulp_err.nan_to_num(nan=1e300, posinf=1e300).clamp(max=1e300)
+    order_keys = torch.where(failed, capped + 1e300, capped)
     order_keys = torch.where(skipped, torch.full_like(order_keys, -1.0), order_keys)
     if first is not None:
         at_first = (inputs[:, : len(first)] == torch.tensor(first, dtype=torch.float64)).all(dim=1) & failed
@@ -792,14 +819,21 @@ def _report(f, sym: Symbolic, out: _Outcome, dtype, device, order, tol: Toleranc
             allowed=float(allowed[k]),
         )
         for k in worst_index.tolist()
-        if not skipped[k]
+        if not skipped[k] and not kinks[k]
     ]
     n_failed = int(failed.sum())
     counterexample = None
     if n_failed:
         first = int(torch.argsort(order_keys, descending=True)[0])
         counterexample = tuple(float(v) for v in inputs[first][: len(sym.names)])
+    notes = []
+    if kinks.any():
+        notes.append(
+            f"Accepted at kinks: {int(kinks.sum())} elements where autograd returned a value between the "
+            "one-sided derivatives (relu, abs, clamp, max at ties)"
+        )
     return Report(
+        notes=notes,
         ok=n_failed == 0,
         function=_name(f),
         names=tuple(sym.names) if len(inputs[0]) == len(sym.names) else tuple(str(s) for s in sym.symbols),
@@ -819,3 +853,74 @@ def _report(f, sym: Symbolic, out: _Outcome, dtype, device, order, tol: Toleranc
         counterexample=counterexample,
         reproduce=reproduce,
     )
+
+
+# --------------------------------------------------------------------------------------
+# Public: the exact reference as a torch callable
+# --------------------------------------------------------------------------------------
+
+
+def reference(f: Callable[..., torch.Tensor], *, order: int = 1) -> Callable[..., Any]:
+    """The exact derivative of ``f`` as a function of tensors.
+
+    ``f`` is traced and differentiated once; the returned function evaluates the
+    derivative in float64 on the inputs' device, with mpmath at high precision wherever
+    float64 cannot be trusted (overflowing intermediates, removable singularities,
+    cancellation, inaccurate special-function kernels). Autograd is never used.
+
+    For an elementwise function the result has the inputs' broadcast shape: one tensor
+    for one input, a tuple of partials for several (order 2: a tuple of tuples). For a
+    function of small tensors with a scalar output, it is the gradient, shaped like each
+    input.
+
+    Example:
+        >>> import torch, autocheck
+        >>> d = autocheck.reference(lambda x: torch.log1p(torch.exp(x)))
+        >>> d(torch.tensor([0.0, 800.0], dtype=torch.float64))
+        tensor([0.5000, 1.0000], dtype=torch.float64)
+    """
+    _check_callable(f)
+    order = _check_order(order)
+    scalar = trace(f)
+    cache: dict[tuple, Symbolic] = {}
+
+    def evaluate(*inputs: Any) -> Any:
+        names = scalar.names
+        if len(inputs) != len(names):
+            raise TypeError(f"the reference takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}")
+        tensors = [_check_input(x, k, names[k]) for k, x in enumerate(inputs)]
+        values = [x.detach().to(torch.float64) for x in tensors]
+        if scalar.output.ndim == 0 and _is_elementwise(f, len(tensors), torch.float64):
+            key = ("scalar",)
+            if key not in cache:
+                cache[key] = _scalar_symbolic(scalar, order)
+            sym = cache[key]
+            shape = torch.broadcast_shapes(*[v.shape for v in values])
+            parts = [p.expand(shape) for p in sym.exact(values)]
+            n = len(names)
+            if order == 1:
+                return parts[0] if n == 1 else tuple(parts)
+            table = tuple(tuple(parts[i * n + j] for j in range(n)) for i in range(n))
+            return table[0][0] if n == 1 else table
+        if order != 1:
+            raise ValueError("order=2 references are available for elementwise functions only")
+        shapes = tuple(tuple(v.shape) for v in values)
+        if shapes not in cache:
+            if sum(v.numel() for v in values) > MAX_SYMBOLIC_ELEMENTS:
+                raise ValueError(
+                    f"inputs have more than {MAX_SYMBOLIC_ELEMENTS} elements and f is not elementwise; "
+                    "evaluate the reference at smaller tensors"
+                )
+            tr = trace(f, shapes, names=names)
+            if tr.output.ndim:
+                raise ValueError(f"f returns shape {tuple(tr.output.shape)}; the reference of a tensor function needs a scalar output")
+            cache[shapes] = _tensor_symbolic(tr, 1)
+        sym = cache[shapes]
+        point = torch.cat([v.reshape(-1) for v in values])
+        weights = _Weights(torch.ones((), dtype=torch.float64, device=point.device), None)
+        flat = _contract(sym, sym.exact(list(point)), weights, point.device)
+        pieces = torch.split(flat, [v.numel() for v in values])
+        grads = tuple(p.reshape(v.shape) for p, v in zip(pieces, values))
+        return grads[0] if len(grads) == 1 else grads
+
+    return evaluate

@@ -76,6 +76,7 @@ class Judgement:
     """Per-element verdict. All tensors are flat float64 (or bool) of one length."""
 
     passed: torch.Tensor  # bool: within tolerance, or accepted at a kink
+    kink: torch.Tensor  # bool: outside tolerance but accepted as a one-sided derivative at a kink
     skipped: torch.Tensor  # bool: not judged (forward or exact value not finite)
     abs_error: torch.Tensor
     rel_error: torch.Tensor
@@ -118,13 +119,14 @@ def judge(
     within = (diff <= allowed) & torch.isfinite(a)
     within |= overflows & (a == torch.sign(e) * torch.inf)
     passed = within | skipped
-    rel = torch.where(e != 0, diff / e.abs(), torch.where(diff == 0, 0.0, torch.inf))
+    rel = torch.where(e != 0, diff / e.abs(), torch.where(diff == 0, 0.0, torch.inf)).nan_to_num(nan=torch.inf, posinf=torch.inf)
     return Judgement(
         passed=passed,
+        kink=torch.zeros_like(passed),
         skipped=skipped,
-        abs_error=torch.where(skipped, 0.0, diff.nan_to_num(nan=torch.inf)),
-        rel_error=torch.where(skipped, 0.0, rel.nan_to_num(nan=torch.inf)),
-        ulp_error=torch.where(skipped, 0.0, (diff / ulp(e, dtype)).nan_to_num(nan=torch.inf)),
+        abs_error=torch.where(skipped, 0.0, diff.nan_to_num(nan=torch.inf, posinf=torch.inf)),
+        rel_error=torch.where(skipped, 0.0, rel),
+        ulp_error=torch.where(skipped, 0.0, (diff / ulp(e, dtype)).nan_to_num(nan=torch.inf, posinf=torch.inf)),
         allowed=allowed,
     )
 
@@ -142,17 +144,28 @@ def between(value: torch.Tensor, bounds: list[torch.Tensor], allowed: torch.Tens
     return (v >= low) & (v <= high)
 
 
+#: :func:`underflow_symbol` stands for the absolute error of one operation whose result underflows (a gradient
+#: computed through subnormal or flushed-to-zero intermediates), in units of rtol; the
+#: check substitutes ``smallest normal / rtol`` of the dtype.
+def underflow_symbol() -> Any:
+    import sympy
+
+    return sympy.Symbol("underflow_", positive=True)
+
+
 def rounding_scale(expr: Any) -> Any:
     """A SymPy expression for the rounding error of evaluating ``expr`` in floating point,
     in units of the unit roundoff (a first-order running error bound).
 
-    Inputs are exact; every operation rounds its result (one unit of its magnitude) and
+    Inputs are exact; every operation rounds its result (one unit of its magnitude, and at
+    least the :func:`underflow_symbol`, for results below the normal range) and
     passes on its operands' errors weighted by its partial derivatives: a sum carries the
     errors of its terms (so cancellation near a root is judged against the terms, not the
     tiny result), and cos(1e5·x) carries the rounding of 1e5·x times |sin|.
     """
     import sympy
 
+    floor = underflow_symbol()
     cache: dict[Any, Any] = {}
 
     def error(e: Any) -> Any:
@@ -165,23 +178,23 @@ def rounding_scale(expr: Any) -> Any:
         elif isinstance(e, sympy.Piecewise):
             result = sympy.Piecewise(*[(error(value), condition) for value, condition in e.args])
         elif e.is_Add:
-            result = sympy.Add(*[error(a) for a in e.args]) + sympy.Abs(e)
+            result = sympy.Add(*[error(a) for a in e.args]) + sympy.Abs(e) + floor
         elif e.is_Mul:
             factors = e.args
             terms = []
             for i, a in enumerate(factors):
                 rest = sympy.Mul(*[sympy.Abs(b) for j, b in enumerate(factors) if j != i])
                 terms.append(error(a) * rest)
-            result = sympy.Add(*terms) + (len(factors) - 1) * sympy.Abs(e)
+            result = sympy.Add(*terms) + (len(factors) - 1) * (sympy.Abs(e) + floor)
         elif e.is_Pow:
             base, exponent = e.args
-            result = sympy.Abs(e)
+            result = sympy.Abs(e) + floor
             if base.free_symbols:
                 result += sympy.Abs(exponent * base ** (exponent - 1)) * error(base)
             if exponent.free_symbols:
                 result += sympy.Abs(e * sympy.log(sympy.Abs(base))) * error(exponent)
         elif isinstance(e, sympy.Function) and e.args:
-            result = sympy.Abs(e)
+            result = sympy.Abs(e) + floor
             for k, argument in enumerate(e.args, start=1):
                 if not argument.free_symbols:
                     continue

@@ -885,7 +885,7 @@ _SPECIAL_RULES: dict[str, Callable[..., Any]] = {
     "sub": _with_alpha(operator.sub),
     "rsub": _rsub,
     "round.decimals": lambda x, decimals=0: _elementwise(
-        lambda v: UNARY["round"](v * 10**decimals) / sympy.Integer(10) ** decimals, 1
+        lambda v: UNARY["round"](v * sympy.Integer(10) ** decimals) / sympy.Integer(10) ** decimals, 1
     )(x),
     "div.Tensor_mode": _div,
     "div.Scalar_mode": _div,

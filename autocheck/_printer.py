@@ -1,0 +1,709 @@
+"""SymPy expressions to torch (and mpmath) callables.
+
+SymPy 1.14 ships a torch printer, but it crashes or answers wrongly on several
+shapes that symbolic derivatives produce all the time (``torch.sqrt(2)``,
+``Heaviside``, ``Max(x, 0.4)``, ``gamma``, Piecewise without a default, ...).
+:class:`_TorchPrinter` closes those gaps; :data:`SYMPY_TO_TORCH` holds every
+function translation so that adding one is a single line::
+
+    >>> import sympy, torch
+    >>> from autocheck._printer import register_sympy_function, to_torch
+    >>> register_sympy_function(sympy.erf2, lambda x, y: torch.erf(y) - torch.erf(x))
+    >>> x = sympy.Symbol("x", real=True)
+    >>> f = to_torch([sympy.sqrt(2) * sympy.exp(-x**2), sympy.Integer(3)], [x])
+    >>> f(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    (tensor([1.4142, 0.5203], dtype=torch.float64), tensor([3., 3.], dtype=torch.float64))
+
+Conventions where SymPy has no real floating-point value:
+
+* ``zoo`` (complex infinity) and non-real constants print as nan: no float has
+  a sign-less infinity, and nan says "undefined" to the comparison stage.
+* ``DiracDelta`` is 0 away from 0 and nan at 0 (and at nan): a distribution has
+  no value at its support.
+* ``gamma`` follows C's ``tgamma``: nan at negative integers, +inf at +0, -inf
+  at -0. ``loggamma`` is ``log|gamma|`` like ``torch.lgamma`` (SymPy's is
+  complex for negative gamma); the mpmath side uses the same real part.
+* Real-valued semantics everywhere: ``x**(1/3)``, ``sqrt``, ``log`` of a
+  negative number are nan, as in torch.
+* float16 and bfloat16 inputs are evaluated in float32 and rounded back, both
+  for accuracy and because several torch kernels have no half versions on CPU.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import importlib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+import mpmath
+import sympy
+import torch
+from sympy.codegen import cfunctions
+from sympy.printing.pycode import MpmathPrinter
+from sympy.printing.pytorch import TorchPrinter
+
+from autocheck._errors import TranslationError
+
+__all__ = [
+    "SYMPY_TO_MPMATH",
+    "SYMPY_TO_TORCH",
+    "Undefined",
+    "register_sympy_function",
+    "to_mpmath",
+    "to_torch",
+]
+
+Implementation = Union[str, Callable[..., Any]]
+
+# Enough digits that rounding a folded constant to float64 rounds once, not twice.
+_DIGITS = 50
+
+# Printing these would emit torch.autograd.grad (or nonsense): the "exact"
+# reference would then be autograd checking itself.
+_REFUSED = (sympy.Derivative, sympy.Subs, sympy.Integral, sympy.Limit)
+
+
+class Undefined(ArithmeticError):
+    """An mpmath translation has no value at this point (DiracDelta at 0).
+
+    Unlike a division by zero, this is not a removable singularity: the oracle
+    reports nan and does not look for a limit.
+    """
+
+
+# --- torch helpers for what torch lacks or spells differently -------------------------
+
+
+def _nan_where(undefined: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return torch.where(undefined, torch.full_like(value, math.nan), value)
+
+
+def _gamma(x: torch.Tensor) -> torch.Tensor:
+    # torch.special.gamma does not exist; |gamma| = exp(lgamma), and gamma < 0
+    # exactly on (-1, 0), (-3, -2), ... where floor(x) is odd.
+    magnitude = torch.exp(torch.lgamma(x))
+    negative = ((x < 0) & (torch.remainder(torch.floor(x), 2) == 1)) | ((x == 0) & torch.signbit(x))
+    value = torch.where(negative, -magnitude, magnitude)
+    return _nan_where((x < 0) & (x == torch.floor(x)), value)
+
+
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isnan(x), x, torch.sign(x))  # torch.sign(nan) is 0
+
+
+def _heaviside(x: torch.Tensor, at_zero: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isnan(x), x, torch.heaviside(x, at_zero.expand_as(x)))
+
+
+def _dirac_delta(x: torch.Tensor, *order: torch.Tensor) -> torch.Tensor:
+    return _nan_where((x == 0) | torch.isnan(x), torch.zeros_like(x))
+
+
+def _sinc(x: torch.Tensor) -> torch.Tensor:
+    # SymPy's sinc is sin(x)/x; torch.sinc(x/pi) would round x/pi and lose
+    # accuracy for large |x|, so divide directly and patch the one hole.
+    return torch.where(x == 0, torch.ones_like(x), torch.sin(x) / x)
+
+
+def _maximum(*args: torch.Tensor) -> torch.Tensor:
+    return functools.reduce(torch.maximum, args)
+
+
+def _minimum(*args: torch.Tensor) -> torch.Tensor:
+    return functools.reduce(torch.minimum, args)
+
+
+def _zeta(s: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.special.zeta(s, torch.ones_like(s) if a is None else a)
+
+
+def _cbrt(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.abs(x).pow(1 / 3)
+
+
+def _lambert_w(x: torch.Tensor, *branch: torch.Tensor) -> torch.Tensor:
+    """Principal branch W0 on [-1/e, inf) by Halley's iteration; nan below -1/e."""
+    if branch and bool((branch[0] != 0).any()):
+        raise TranslationError(
+            "LambertW(x, k) with k != 0 has no torch translation; register one with "
+            "register_sympy_function(sympy.LambertW, my_lambert_w)"
+        )
+    # Starting points: the branch-point series near -1/e, log1p in the middle,
+    # the asymptotic expansion for large x. Five Halley steps then converge.
+    p = torch.sqrt(torch.clamp(2 * (math.e * x + 1), min=0))
+    near_branch = -1 + p - p * p / 3 + (11 / 72) * p * p * p
+    log_x = torch.log(torch.clamp(x, min=3))
+    large = log_x - torch.log(log_x) + torch.log(log_x) / log_x
+    w = torch.where(x < -0.25, near_branch, torch.where(x < 3, torch.log1p(torch.clamp(x, min=-0.25)) * 0.75, large))
+    for _ in range(5):
+        ew = torch.exp(w)
+        f = w * ew - x
+        step = f / (ew * (w + 1) - (w + 2) * f / (2 * w + 2))
+        w = torch.where(torch.isfinite(step), w - step, w)
+    w = torch.where((x == 0) | (x == math.inf), x, w)
+    return _nan_where(x < -1 / math.e, w)
+
+
+def _sec(x: torch.Tensor) -> torch.Tensor:
+    return torch.reciprocal(torch.cos(x))
+
+
+def _csc(x: torch.Tensor) -> torch.Tensor:
+    return torch.reciprocal(torch.sin(x))
+
+
+def _cot(x: torch.Tensor) -> torch.Tensor:
+    return torch.reciprocal(torch.tan(x))
+
+
+def _inverse_of(function: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """acot(x) = atan(1/x), asech(x) = acosh(1/x), ..."""
+    return lambda x: function(torch.reciprocal(x))
+
+
+def _reciprocal_of(function: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: torch.reciprocal(function(x))
+
+
+class _EveryOrder(Mapping):
+    """Order -> kernel for a torch function that takes the order as an int (polygamma)."""
+
+    def __init__(self, function: Callable[..., torch.Tensor]) -> None:
+        self._function = function
+
+    def __getitem__(self, order: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        if isinstance(order, int) and order >= 0:
+            return functools.partial(self._function, order)
+        raise KeyError(order)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(range(3))  # shown in messages as "0, 1, 2, ..."
+
+    def __len__(self) -> int:
+        return 3
+
+
+_BUILTIN_TORCH: dict[type, Implementation | Mapping[int, Implementation]] = {
+    sympy.exp: "torch.exp",
+    sympy.log: "torch.log",
+    sympy.sin: "torch.sin",
+    sympy.cos: "torch.cos",
+    sympy.tan: "torch.tan",
+    sympy.sec: _sec,
+    sympy.csc: _csc,
+    sympy.cot: _cot,
+    sympy.asin: "torch.asin",
+    sympy.acos: "torch.acos",
+    sympy.atan: "torch.atan",
+    sympy.acot: _inverse_of(torch.atan),
+    sympy.asec: _inverse_of(torch.acos),
+    sympy.acsc: _inverse_of(torch.asin),
+    sympy.atan2: "torch.atan2",
+    sympy.sinh: "torch.sinh",
+    sympy.cosh: "torch.cosh",
+    sympy.tanh: "torch.tanh",
+    sympy.sech: _reciprocal_of(torch.cosh),
+    sympy.csch: _reciprocal_of(torch.sinh),
+    sympy.coth: _reciprocal_of(torch.tanh),
+    sympy.asinh: "torch.asinh",
+    sympy.acosh: "torch.acosh",
+    sympy.atanh: "torch.atanh",
+    sympy.asech: _inverse_of(torch.acosh),
+    sympy.acsch: _inverse_of(torch.asinh),
+    sympy.acoth: _inverse_of(torch.atanh),
+    sympy.Abs: "torch.abs",
+    sympy.sign: _sign,
+    sympy.floor: "torch.floor",
+    sympy.ceiling: "torch.ceil",
+    sympy.Mod: "torch.remainder",
+    sympy.Max: _maximum,
+    sympy.Min: _minimum,
+    sympy.Heaviside: _heaviside,
+    sympy.DiracDelta: _dirac_delta,
+    sympy.sinc: _sinc,
+    sympy.erf: "torch.special.erf",
+    sympy.erfc: "torch.special.erfc",
+    sympy.erfinv: "torch.special.erfinv",
+    sympy.erfcinv: lambda x: torch.special.erfinv(1 - x),
+    sympy.gamma: _gamma,
+    sympy.loggamma: "torch.lgamma",
+    sympy.zeta: _zeta,
+    sympy.LambertW: _lambert_w,
+    # The first argument is an order: it picks the kernel when the code is printed.
+    sympy.polygamma: _EveryOrder(torch.special.polygamma),
+    sympy.besselj: {0: "torch.special.bessel_j0", 1: "torch.special.bessel_j1"},
+    sympy.bessely: {0: "torch.special.bessel_y0", 1: "torch.special.bessel_y1"},
+    sympy.besseli: {0: "torch.special.i0", 1: "torch.special.i1"},
+    sympy.besselk: {0: "torch.special.modified_bessel_k0", 1: "torch.special.modified_bessel_k1"},
+    cfunctions.log1p: "torch.log1p",
+    cfunctions.expm1: "torch.expm1",
+    cfunctions.exp2: "torch.exp2",
+    cfunctions.log2: "torch.log2",
+    cfunctions.log10: "torch.log10",
+    cfunctions.Sqrt: "torch.sqrt",
+    cfunctions.Cbrt: _cbrt,
+    cfunctions.hypot: "torch.hypot",
+    sympy.And: lambda *a: functools.reduce(torch.logical_and, a),
+    sympy.Or: lambda *a: functools.reduce(torch.logical_or, a),
+    sympy.Xor: lambda *a: functools.reduce(torch.logical_xor, a),
+    sympy.Not: "torch.logical_not",
+}
+
+
+
+
+# --- mpmath helpers ----------------------------------------------------------------
+
+
+def _mp_heaviside(x: Any, at_zero: Any = 0.5) -> Any:
+    if mpmath.isnan(x):
+        return x
+    return at_zero if x == 0 else mpmath.mpf(x > 0)
+
+
+def _mp_dirac_delta(x: Any, *order: Any) -> Any:
+    if x == 0 or mpmath.isnan(x):
+        raise Undefined("DiracDelta has no value at 0")
+    return mpmath.mpf(0)
+
+
+def _mp_nan_aware(pick: Callable[..., Any]) -> Callable[..., Any]:
+    # Python's max/min ignore nan depending on argument order; torch propagates it.
+    return lambda *args: mpmath.nan if any(mpmath.isnan(a) for a in args) else pick(args)
+
+
+_BUILTIN_MPMATH: dict[type, Implementation] = {
+    **{
+        f: f"mpmath.{f.__name__}"
+        for f in (
+            sympy.exp, sympy.sin, sympy.cos, sympy.tan, sympy.sec, sympy.csc, sympy.cot,
+            sympy.asin, sympy.acos, sympy.atan, sympy.acot, sympy.asec, sympy.acsc, sympy.atan2,
+            sympy.sinh, sympy.cosh, sympy.tanh, sympy.sech, sympy.csch, sympy.coth,
+            sympy.asinh, sympy.acosh, sympy.atanh, sympy.asech, sympy.acsch, sympy.acoth,
+            sympy.sign, sympy.floor, sympy.erf, sympy.erfc, sympy.erfinv, sympy.gamma,
+            sympy.polygamma, sympy.zeta, sympy.besselj, sympy.bessely, sympy.besseli,
+            sympy.besselk, sympy.sinc, cfunctions.log1p, cfunctions.expm1, cfunctions.log10,
+            cfunctions.hypot,
+        )
+    },
+    sympy.log: "mpmath.log",
+    sympy.ceiling: "mpmath.ceil",
+    sympy.Abs: abs,
+    sympy.Mod: lambda a, b: a % b,
+    sympy.Max: _mp_nan_aware(max),
+    sympy.Min: _mp_nan_aware(min),
+    sympy.Heaviside: _mp_heaviside,
+    sympy.DiracDelta: _mp_dirac_delta,
+    sympy.erfcinv: lambda x: mpmath.erfinv(1 - x),
+    sympy.loggamma: lambda x: mpmath.re(mpmath.loggamma(x)),  # log|gamma|, as torch.lgamma
+    sympy.LambertW: "mpmath.lambertw",
+    cfunctions.exp2: lambda x: mpmath.power(2, x),
+    cfunctions.log2: lambda x: mpmath.log(x, 2),
+    cfunctions.Sqrt: "mpmath.sqrt",
+    cfunctions.Cbrt: lambda x: mpmath.sign(x) * mpmath.cbrt(abs(x)),
+    sympy.And: lambda *a: all(a),
+    sympy.Or: lambda *a: any(a),
+    sympy.Xor: lambda *a: sum(map(bool, a)) % 2 == 1,
+    sympy.Not: lambda a: not a,
+}
+
+#: SymPy function class -> torch implementation: a callable taking tensors, a
+#: dotted ``"torch...."`` name, or a mapping from an order (the first argument,
+#: an integer) to either. The first map holds user registrations.
+SYMPY_TO_TORCH: collections.ChainMap = collections.ChainMap({}, _BUILTIN_TORCH)
+#: SymPy function class -> mpmath implementation (callable or ``"mpmath...."``).
+SYMPY_TO_MPMATH: collections.ChainMap = collections.ChainMap({}, _BUILTIN_MPMATH)
+
+
+def register_sympy_function(
+    sympy_function: type,
+    torch_implementation: Implementation | Mapping[int, Implementation],
+    *,
+    mpmath_implementation: Implementation | None = None,
+) -> None:
+    """Teach the printers one SymPy function.
+
+    Args:
+        sympy_function: the SymPy function class, e.g. ``sympy.zeta`` or
+            ``sympy.Function("f")``.
+        torch_implementation: a callable taking one tensor per argument (numbers
+            arrive as 0-d tensors of the working dtype), a dotted name such as
+            ``"torch.special.erfcx"``, or ``{order: implementation}`` when the
+            first argument is an integer order that selects a kernel.
+        mpmath_implementation: the same for the exact reference (mpmath numbers
+            in, an mpmath number out); needed only when mpmath lacks it.
+
+    Example:
+        >>> import sympy, torch
+        >>> register_sympy_function(sympy.Function("softplus"), torch.nn.functional.softplus)
+    """
+    if not (isinstance(sympy_function, type) and issubclass(sympy_function, sympy.Basic)):
+        hint = " (an expression: pass the class, type(expr))" if isinstance(sympy_function, sympy.Basic) else ""
+        raise TypeError(
+            f"Expected a SymPy function class such as sympy.gamma for sympy_function, "
+            f"but got sympy_function={sympy_function!r}{hint}"
+        )
+    if issubclass(sympy_function, _REFUSED):
+        raise ValueError(
+            f"sympy_function={sympy_function.__name__} cannot be registered: an unevaluated "
+            f"{sympy_function.__name__} must be evaluated (.doit()) before printing"
+        )
+    _check_implementation("torch_implementation", torch_implementation, "torch", orders=True)
+    if mpmath_implementation is not None:
+        _check_implementation("mpmath_implementation", mpmath_implementation, "mpmath", orders=False)
+        SYMPY_TO_MPMATH[sympy_function] = mpmath_implementation
+    SYMPY_TO_TORCH[sympy_function] = torch_implementation
+    global _registrations
+    _registrations += 1
+
+
+_registrations = 0
+
+
+def registrations() -> int:
+    """How many translations were registered so far: part of the oracle's cache key."""
+    return _registrations
+
+
+def _check_implementation(name: str, value: Any, module: str, *, orders: bool) -> None:
+    if orders and isinstance(value, Mapping):
+        for order, kernel in value.items():
+            if not (isinstance(order, int) and order >= 0):
+                raise TypeError(f"Expected non-negative int orders as the keys of {name}, but got {order!r}")
+            _check_implementation(f"{name}[{order}]", kernel, module, orders=False)
+    elif isinstance(value, str):
+        if not value.startswith(module + "."):
+            raise ValueError(f"Expected a dotted name starting with '{module}.' for {name}, but got {name}={value!r}")
+        _resolve(value, name)
+    elif not callable(value):
+        raise TypeError(
+            f"Expected a callable or a dotted '{module}.…' name for {name}, but got {name}={value!r}"
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(dotted: str, argument: str = "implementation") -> Callable[..., Any]:
+    module_name, _, attribute = dotted.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"{argument}={dotted!r} names nothing: {error}") from None
+    if not callable(found):
+        raise ValueError(f"{argument}={dotted!r} is not callable")
+    return found
+
+
+def _class_name(cls: type) -> str:
+    if isinstance(cls, sympy.core.function.UndefinedFunction):
+        return f"sympy.Function({cls.__name__!r})"
+    if getattr(sympy, cls.__name__, None) is cls:
+        return f"sympy.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+def _missing(expr: sympy.Basic, target: str) -> TranslationError:
+    cls = type(expr)
+    call = (
+        f"register_sympy_function({_class_name(cls)}, torch_implementation)"
+        if target == "torch"
+        else f"register_sympy_function({_class_name(cls)}, torch_implementation, mpmath_implementation=...)"
+    )
+    return TranslationError(
+        f"No {target} translation for the SymPy function {cls.__name__} (in {expr}). "
+        f"Add one with:\n    autocheck.{call}"
+    )
+
+
+# --- preparing expressions ---------------------------------------------------------
+
+
+def _prepare(exprs: Sequence[Any], symbols: Sequence[Any]) -> tuple[list[sympy.Expr], list[sympy.Symbol]]:
+    if isinstance(exprs, (sympy.Basic, str)) or not isinstance(exprs, Sequence):
+        raise TypeError(f"Expected a sequence of SymPy expressions for exprs, but got exprs={exprs!r}; wrap it: [expr]")
+    if isinstance(symbols, sympy.Basic) or not isinstance(symbols, Sequence):
+        raise TypeError(f"Expected a sequence of SymPy symbols for symbols, but got symbols={symbols!r}; wrap it: [x]")
+    for symbol in symbols:
+        if not isinstance(symbol, sympy.Symbol):
+            raise TypeError(f"Expected SymPy Symbols in symbols, but got {symbol!r} of type {type(symbol).__name__}")
+    exprs = [sympy.sympify(e) for e in exprs]
+    for expr in exprs:
+        node = next((n for n in sympy.preorder_traversal(expr) if isinstance(n, _REFUSED)), None)
+        if node is not None:
+            raise TranslationError(
+                f"{node} is an unevaluated {type(node).__name__}: printing it would call "
+                f"torch.autograd.grad, and the reference would check autograd against itself. "
+                f"Evaluate it first (.doit()) or differentiate an expression SymPy can handle."
+            )
+        unknown = expr.free_symbols - set(symbols)
+        if unknown:
+            raise ValueError(
+                f"The expression {expr} uses {sorted(map(str, unknown))}, which are not in "
+                f"symbols={list(symbols)}; pass every free symbol"
+            )
+    return exprs, list(symbols)
+
+
+def _fold_numbers(expr: sympy.Basic) -> sympy.Basic:
+    """Replace each pure-number subexpression (sqrt(2), log(2), pi, ...) by a 50-digit Float.
+
+    torch functions take tensors, not numbers, and the value is known now.
+    Non-real constants become nan (real-valued semantics); Integers and
+    Rationals stay exact so that exponents and orders keep their meaning.
+    """
+    if isinstance(expr, sympy.Expr) and expr.is_number and not expr.is_Number:
+        value = expr.evalf(_DIGITS)
+        if value.is_Number:
+            return value
+        real, imaginary = value.as_real_imag()
+        if imaginary.is_Number and real.is_Number:
+            return sympy.nan if imaginary != 0 else real
+        if value is sympy.zoo:
+            return sympy.nan
+    if not expr.args or isinstance(expr, sympy.Symbol):
+        return expr
+    args = [_fold_numbers(a) for a in expr.args]
+    return expr.func(*args) if args != list(expr.args) else expr
+
+
+def _float_literal(number: sympy.Basic) -> str:
+    if number is sympy.zoo or number is sympy.nan:
+        return "float('nan')"
+    if number.is_infinite:
+        return "float('inf')" if number.is_extended_positive else "float('-inf')"
+    if number.is_Integer and abs(int(number)) <= 2**53:
+        return str(int(number))
+    try:
+        if number.is_Rational:
+            return repr(int(number.p) / int(number.q))  # Python rounds p/q correctly
+        return repr(float(number))
+    except OverflowError:
+        return "float('inf')" if number > 0 else "float('-inf')"
+
+
+def _is_constant(expr: sympy.Basic) -> bool:
+    return expr.is_Number or expr is sympy.zoo
+
+
+# --- the printers ------------------------------------------------------------------
+
+
+class _TablePrinter:
+    """Prints every function application through a translation table.
+
+    Each implementation is placed in the lambdify namespace under a generated
+    name, so callables and dotted names print the same way; a function with no
+    entry raises :class:`TranslationError` instead of printing a name that fails
+    at run time.
+    """
+
+    _target = ""
+
+    def __init__(self, table: Mapping[type, Any], settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)  # type: ignore[call-arg]
+        self._table = table
+        self.namespace: dict[str, Any] = {}
+        self._names: dict[type, str] = {}
+
+    def _name(self, cls: type) -> str:
+        if cls not in self._names:
+            implementation = self._table[cls]
+            name = "_{}_{}".format(re.sub(r"\W", "_", cls.__name__), len(self._names))
+            if isinstance(implementation, Mapping) and not isinstance(implementation, _EveryOrder):
+                implementation = {k: _resolve(v) if isinstance(v, str) else v for k, v in implementation.items()}
+            elif isinstance(implementation, str):
+                implementation = _resolve(implementation)
+            self.namespace[name] = implementation
+            self._names[cls] = name
+        return self._names[cls]
+
+    def _print(self, expr: Any, **kwargs: Any) -> str:
+        if isinstance(expr, sympy.Basic):
+            cls = type(expr)
+            if cls in self._table:
+                return self._print_call(expr, self._name(cls), self._table[cls])
+            if isinstance(expr, sympy.core.function.Application) and not isinstance(expr, sympy.Piecewise):
+                raise _missing(expr, self._target)
+        return super()._print(expr, **kwargs)  # type: ignore[misc]
+
+    def _print_call(self, expr: sympy.Basic, name: str, implementation: Any) -> str:
+        args = list(expr.args)
+        if isinstance(implementation, Mapping):
+            order = args.pop(0)
+            if not (order.is_Integer and int(order) in implementation):
+                known = ", ".join(map(str, implementation)) + (", ..." if isinstance(implementation, _EveryOrder) else "")
+                raise TranslationError(
+                    f"{type(expr).__name__} of order {order} (in {expr}) has no {self._target} translation; "
+                    f"orders {known} do. Add one with:\n    autocheck.register_sympy_function("
+                    f"{_class_name(type(expr))}, {{{order}: implementation, ...}})"
+                )
+            name = f"{name}[{int(order)}]"
+        return f"{name}({', '.join(self._print_argument(a) for a in args)})"
+
+    def _print_argument(self, arg: sympy.Basic) -> str:
+        return self._print(arg)
+
+
+class _TorchPrinter(_TablePrinter, TorchPrinter):
+    """TorchPrinter that keeps dtype and device: numbers that must be tensors are
+    made ``like`` a 0-d tensor of the working dtype on the inputs' device."""
+
+    _target = "torch"
+    like = "_like"
+
+    def _tensor(self, expr: sympy.Basic) -> str:
+        if _is_constant(expr):
+            return f"torch.full_like({self.like}, {_float_literal(expr)})"
+        return self._print(expr)
+
+    _print_argument = _tensor
+
+    def _print_Float(self, expr: sympy.Float) -> str:
+        return _float_literal(expr)
+
+    _print_Integer = _print_Rational = _print_Infinity = _print_NegativeInfinity = _print_Float
+    _print_NaN = _print_ComplexInfinity = _print_Float
+
+    def _print_Relational(self, expr: sympy.core.relational.Relational) -> str:
+        # Python operators accept a number on either side; torch.gt does not.
+        return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
+
+    def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
+        # No branch holds -> undefined, so nan rather than TorchPrinter's 0.
+        code = self._tensor(sympy.nan)
+        for value, condition in reversed(expr.args):
+            if condition == sympy.true:
+                code = self._tensor(value)
+            elif condition != sympy.false:
+                code = f"torch.where({self._print(condition)}, {self._tensor(value)}, {code})"
+        return code
+
+    def _print_Pow(self, expr: sympy.Pow) -> str:
+        base, exponent = expr.args
+        special = {sympy.S.Half: "torch.sqrt", -sympy.S.Half: "torch.rsqrt", sympy.S.NegativeOne: "torch.reciprocal"}
+        if exponent in special and not _is_constant(base):
+            return f"{special[exponent]}({self._print(base)})"
+        return f"torch.pow({self._print(base)}, {self._print(exponent)})"
+
+    def _print_Symbol(self, expr: sympy.Symbol) -> str:
+        return expr.name
+
+
+class _MpmathPrinter(_TablePrinter, MpmathPrinter):
+    _target = "mpmath"
+
+    def _print_ComplexInfinity(self, expr: sympy.Basic) -> str:
+        return "mpmath.nan"
+
+    def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
+        code = "mpmath.nan"  # no branch holds -> undefined, not None
+        for value, condition in reversed(expr.args):
+            if condition == sympy.true:
+                code = self._print(value)
+            elif condition != sympy.false:
+                code = f"(({self._print(value)}) if ({self._print(condition)}) else ({code}))"
+        return code
+
+    def _print_Relational(self, expr: sympy.core.relational.Relational) -> str:
+        return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
+
+
+# --- the callables -----------------------------------------------------------------
+
+
+def _lambdify(
+    printer: _TablePrinter, symbols: list[sympy.Symbol], exprs: list[sympy.Basic], module: str, *extra: sympy.Symbol
+) -> Callable:
+    # Print once up front, with the user's names: it raises TranslationError
+    # with the expression as the user wrote it, and fills printer.namespace
+    # (lambdify copies the namespace before it prints).
+    for expr in exprs:
+        printer.doprint(expr)
+    # Our own argument names: no clash with ``extra`` and no dummification.
+    args = [sympy.Symbol(f"_a{i}") for i in range(len(symbols))]
+    renamed = [e.xreplace(dict(zip(symbols, args))) for e in exprs]
+    namespace = {**printer.namespace, module: importlib.import_module(module)}
+    return sympy.lambdify([*args, *extra], renamed, modules=[namespace, module], printer=printer, cse=True)
+
+
+def to_torch(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Compile SymPy expressions into one torch function.
+
+    The result takes one argument per symbol (tensors of any floating dtype and
+    device, or Python numbers) and returns one tensor per expression, broadcast
+    to the arguments' common shape, with their promoted floating dtype and
+    their device; constant expressions come back as full tensors too.
+
+    Raises:
+        TranslationError: a function has no translation, or the expression
+            holds an unevaluated Derivative, Subs, Integral or Limit.
+
+    Example:
+        >>> import sympy, torch
+        >>> x = sympy.Symbol("x", real=True)
+        >>> to_torch([sympy.Heaviside(x)], [x])(torch.tensor([-1.0, 0.0, 2.0]))
+        (tensor([0.0000, 0.5000, 1.0000]),)
+    """
+    exprs, symbols = _prepare(exprs, symbols)
+    folded = [_fold_numbers(e) for e in exprs]
+    compiled = _lambdify(_TorchPrinter(SYMPY_TO_TORCH), symbols, folded, "torch", sympy.Symbol(_TorchPrinter.like))
+    n = len(symbols)
+
+    def evaluate(*values: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+        if len(values) != n:
+            raise TypeError(f"Expected {n} arguments, one per symbol in {symbols}, but got {len(values)}")
+        tensors, dtype = _as_tensors(values)
+        work_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        tensors = torch.broadcast_tensors(*[t.to(work_dtype) for t in tensors]) if tensors else []
+        device = tensors[0].device if tensors else torch.device("cpu")
+        shape = tensors[0].shape if tensors else torch.Size()
+        like = torch.zeros((), dtype=work_dtype, device=device)
+        outputs = compiled(*tensors, like)
+        return tuple(_full(output, shape, dtype, like) for output in outputs)
+
+    evaluate.__doc__ = f"Evaluate {exprs} at {symbols} with torch."
+    return evaluate
+
+
+def _as_tensors(values: Sequence[Any]) -> tuple[list[torch.Tensor], torch.dtype]:
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    for position, value in enumerate(values):
+        if not isinstance(value, (torch.Tensor, int, float)):
+            raise TypeError(f"Expected a tensor or a real number for argument {position}, but got {value!r}")
+        if isinstance(value, torch.Tensor) and value.is_complex():
+            raise TypeError(f"Expected a real tensor for argument {position}, but got dtype {value.dtype}")
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.bool)
+    if not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
+    return [torch.as_tensor(v, device=device) for v in values], dtype
+
+
+def _full(output: Any, shape: torch.Size, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor):
+        return torch.full(shape, float(output), dtype=dtype, device=like.device)
+    if output.shape != shape:
+        output = output.expand(shape).contiguous()
+    return output.to(dtype)
+
+
+def to_mpmath(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[..., tuple[Any, ...]]:
+    """Compile SymPy expressions into one mpmath function (the exact reference).
+
+    The result takes one mpmath number (or float) per symbol and returns a
+    tuple of mpmath numbers computed at the current ``mpmath.mp.prec``.
+    Division by zero raises ZeroDivisionError, and :class:`Undefined` marks
+    points with no value at all (DiracDelta at 0).
+
+    Example:
+        >>> import sympy, mpmath
+        >>> x = sympy.Symbol("x", real=True)
+        >>> to_mpmath([sympy.sinc(x)], [x])(mpmath.mpf(0))
+        (mpf('1.0'),)
+    """
+    exprs, symbols = _prepare(exprs, symbols)
+    compiled = _lambdify(_MpmathPrinter(SYMPY_TO_MPMATH), symbols, exprs, "mpmath")
+    return lambda *values: tuple(compiled(*values))
