@@ -20,6 +20,15 @@ from ._trace import register_torch_op as register_torch_op
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # autocheck.strategies imports Hypothesis; load it only when asked for.
+    if name == "strategies":
+        import importlib
+
+        return importlib.import_module(".strategies", __name__)
+    raise AttributeError(f"module 'autocheck' has no attribute {name!r}")
+
 __all__ = [
     "DEFAULT_TOLERANCES",
     "DomainError",
@@ -31,6 +40,7 @@ __all__ = [
     "check_grad",
     "derivative",
     "reference",
+    "strategies",
     "register_sympy_function",
     "register_torch_op",
 ]

@@ -316,7 +316,7 @@ class _Outcome:
 def _judge_scalar(sym: Symbolic, f, points, dtype, device, order, tol, generator, elementwise: bool, out: _Outcome):
     """Check a batch of points of an elementwise function (one scalar symbol per input)."""
     n = len(sym.names)
-    values = [p.to(device=device, dtype=dtype) for p in points]
+    values = [p.detach().to(device=device, dtype=dtype) for p in points]
     shape = torch.broadcast_shapes(*[p.shape for p in values])
     v = _cotangent(shape, dtype, device, generator)
     u = [_cotangent(shape, dtype, device, generator) for _ in range(n)] if order == 2 else None
@@ -422,7 +422,7 @@ def _pointwise(f, values, shape, order, v, u):
 
 def _judge_tensor(sym: Symbolic, f, values, dtype, device, order, tol, generator, out: _Outcome):
     """Check one point of a function of small tensors (an array of symbols per input)."""
-    values = [x.to(device=device, dtype=dtype) for x in values]
+    values = [x.detach().to(device=device, dtype=dtype) for x in values]
     v = _cotangent(sym.output_shape, dtype, device, generator)
     u = [_cotangent(x.shape, dtype, device, generator) for x in values] if order == 2 else None
     forward, grads = _autograd(f, values, order, v, u)
@@ -752,7 +752,8 @@ def _is_elementwise(f, n_inputs: int, dtype) -> bool:
         return False
     if not isinstance(batch, torch.Tensor) or tuple(batch.shape) != (4,):
         return False
-    return all(torch.equal(batch[k], s.reshape(())) if s.numel() == 1 else False for k, s in enumerate(single))
+    same = lambda a, b: bool((a == b) | (torch.isnan(a) & torch.isnan(b)))  # noqa: E731 - log(-1) is nan both ways
+    return all(s.numel() == 1 and same(batch[k], s.reshape(())) for k, s in enumerate(single))
 
 
 def _name(f) -> str:

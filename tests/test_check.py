@@ -1,0 +1,291 @@
+"""assert_grad_matches / check_grad: each class of gradient bug is caught with a readable
+message, correct functions pass in every dtype, and bad input gets a clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import autocheck
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+F64 = torch.float64
+
+
+def function(forward, backward):
+    """A custom autograd Function from a forward and a hand-written backward."""
+
+    class Custom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            ctx.save_for_backward(*inputs)
+            return forward(*inputs)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return backward(grad, *ctx.saved_tensors)
+
+    return Custom.apply
+
+
+def grid(*values, dtype=F64):
+    return torch.tensor(values, dtype=dtype)
+
+
+POINTS = grid(-3.0, -1.5, -0.25, 0.5, 1.0, 2.5)
+
+
+# --------------------------------------------------------------------------------------
+# Each class of bug is caught
+# --------------------------------------------------------------------------------------
+
+BUGS = {
+    "sign error": (
+        function(lambda x: x * x * torch.exp(x), lambda g, x: g * (2 * x * torch.exp(x) - x * x * torch.exp(x))),
+        lambda x: x * x * torch.exp(x),
+    ),
+    "missing factor": (
+        function(lambda x: torch.sin(2 * x), lambda g, x: g * torch.cos(2 * x)),
+        lambda x: torch.sin(2 * x),
+    ),
+    "ignored upstream gradient": (
+        function(torch.sin, lambda g, x: torch.cos(x)),
+        torch.sin,
+    ),
+    "wrong formula": (
+        function(torch.tanh, lambda g, x: g * (1 - x * x)),
+        torch.tanh,
+    ),
+    "wrong only for x < 0": (
+        function(torch.sin, lambda g, x: g * torch.where(x < 0, -torch.cos(x), torch.cos(x))),
+        torch.sin,
+    ),
+    "off by 1e-4 relative": (
+        function(torch.exp, lambda g, x: g * torch.exp(x) * (1 + 1e-4)),
+        torch.exp,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BUGS))
+def test_bug_is_caught_at_given_points(name):
+    buggy, definition = BUGS[name]
+    with pytest.raises(autocheck.GradientMismatch, match="Mismatched elements: [1-9][0-9]* / 6"):
+        autocheck.assert_grad_matches(buggy, POINTS, reference=definition, seed=0)
+
+
+@pytest.mark.parametrize("name", list(BUGS))
+def test_bug_is_caught_without_inputs(name):
+    buggy, definition = BUGS[name]
+    report = autocheck.check_grad(buggy, reference=definition, seed=1, examples=5)
+    assert not report.ok
+    assert report.counterexample is not None
+
+
+def test_swapped_partials_of_two_input_op():
+    def backward(g, y, x):
+        r = x * x + y * y
+        return g * (-y / r), g * (x / r)  # the partials of atan2(y, x), in the wrong order
+
+    buggy = function(torch.atan2, backward)
+    y, x = grid(0.5, -1.0, 2.0), grid(1.5, 0.75, -3.0)
+    with pytest.raises(autocheck.GradientMismatch, match=r"d/dy"):
+        autocheck.assert_grad_matches(buggy, y, x, reference=lambda y, x: torch.atan2(y, x), seed=0)
+
+
+def test_wrong_only_at_order_two_passes_order_one_and_fails_order_two():
+    # The backward is right, but built from detached values: its own derivative is lost.
+    cube = function(lambda x: x**3, lambda g, x: g * 3 * x.detach() ** 2)
+    autocheck.assert_grad_matches(cube, POINTS, reference=lambda x: x**3, seed=0)
+    with pytest.raises(autocheck.GradientMismatch, match="order-2 derivative"):
+        autocheck.assert_grad_matches(cube, POINTS, reference=lambda x: x**3, order=2, seed=0)
+
+
+def test_float32_backward_computed_through_float16_is_caught():
+    lossy = function(torch.sin, lambda g, x: (g * torch.cos(x)).half().float())
+    x = torch.linspace(-3, 3, 101, dtype=torch.float32)
+    with pytest.raises(autocheck.GradientMismatch, match=r"\(float32, cpu\)"):
+        autocheck.assert_grad_matches(lossy, x, reference=torch.sin, seed=0)
+
+
+def test_where_trap_nan_is_reported():
+    f = lambda x: torch.where(x > 0, torch.sqrt(x), 0.0)  # noqa: E731
+    with pytest.raises(autocheck.GradientMismatch) as caught:
+        autocheck.assert_grad_matches(f, grid(-1.0, 0.0, 4.0), seed=0)
+    message = str(caught.value)
+    assert "nan" in message
+    assert caught.value.report.failed == 2  # x = -1 and x = 0; at x = 4 the gradient is right
+
+
+# --------------------------------------------------------------------------------------
+# Correct functions pass
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_x2_exp_passes_in_every_dtype(dtype, device):
+    report = autocheck.assert_grad_matches(lambda x: x * x * torch.exp(x), dtype=dtype, device=device, seed=3, examples=8)
+    assert report.ok and report.checked > 1000
+    assert report.dtype == str(dtype).removeprefix("torch.")
+
+
+@pytest.mark.parametrize(
+    "f",
+    [torch.relu, torch.abs, lambda x: x.clamp(min=0.0), lambda x: torch.maximum(x, torch.zeros_like(x))],
+    ids=["relu", "abs", "clamp", "maximum"],
+)
+def test_kinks_at_zero_pass(f):
+    report = autocheck.assert_grad_matches(f, grid(-1.0, 0.0, -0.0, 2.0), seed=0)
+    assert report.ok
+
+
+def test_max_at_ties_passes():
+    report = autocheck.assert_grad_matches(lambda x: x.max(), grid(1.0, 1.0, 0.0), seed=0)
+    assert report.ok
+
+
+def test_ill_conditioned_function_passes():
+    autocheck.assert_grad_matches(lambda x: torch.sin(1e5 * x), seed=0, examples=8)
+
+
+@pytest.mark.parametrize("f", [torch.log, torch.sqrt], ids=["log", "sqrt"])
+def test_restricted_domain_passes(f):
+    report = autocheck.assert_grad_matches(f, seed=0, examples=8)
+    assert report.ok and report.checked > 1000
+
+
+def test_atan2_passes():
+    autocheck.assert_grad_matches(torch.atan2, seed=0, examples=8)
+
+
+def test_regression_loss_at_given_tensors():
+    x = torch.tensor([[1.0], [2.0], [3.0]], dtype=F64)
+    y = 2 * x + 3
+    loss = lambda w, b: 0.5 * ((x.mm(w) + b.expand_as(y) - y) ** 2).sum()  # noqa: E731
+    report = autocheck.assert_grad_matches(loss, torch.tensor([[0.5]], dtype=F64), torch.tensor([0.25], dtype=F64), seed=0)
+    assert report.ok and report.checked == 2
+
+
+# --------------------------------------------------------------------------------------
+# The report and the message
+# --------------------------------------------------------------------------------------
+
+
+def test_failure_message_has_headline_counts_table_formula_and_reproduce_line():
+    buggy, definition = BUGS["sign error"]
+    with pytest.raises(autocheck.GradientMismatch) as caught:
+        autocheck.assert_grad_matches(buggy, POINTS, reference=definition, seed=7)
+    message = str(caught.value)
+    assert message.startswith("gradient of ")
+    assert "does not match the exact derivative (float64, cpu)" in message
+    assert "(up to 0 allowed)" in message
+    assert "autograd" in message and "exact" in message and "ULP" in message
+    assert "Exact derivative: d/dx = x**2*exp(x) + 2*x*exp(x)" in message
+    assert "Reproduce: autocheck.assert_grad_matches(f, torch.tensor(" in message and "seed=7" in message
+
+
+def test_gradient_mismatch_is_an_assertion_error_named_autocheck():
+    assert issubclass(autocheck.GradientMismatch, AssertionError)
+    assert autocheck.GradientMismatch.__module__ == "autocheck"
+
+
+def test_check_grad_returns_a_report_instead_of_raising():
+    buggy, definition = BUGS["missing factor"]
+    report = autocheck.check_grad(buggy, POINTS, reference=definition, seed=0)
+    assert not report.ok and not bool(report)
+    assert report.failed == 6 and report.checked == 6
+    assert report.worst[0].where == "d/dx"
+
+
+def test_same_seed_same_verdict_and_counterexample():
+    buggy, definition = BUGS["wrong only for x < 0"]
+    first = autocheck.check_grad(buggy, reference=definition, seed=11, examples=5)
+    second = autocheck.check_grad(buggy, reference=definition, seed=11, examples=5)
+    assert first.counterexample == second.counterexample
+    assert first.failed == second.failed
+
+
+# --------------------------------------------------------------------------------------
+# The user's tensors are never touched
+# --------------------------------------------------------------------------------------
+
+
+def test_user_tensors_and_grad_are_untouched():
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=F64, requires_grad=True)
+    x.grad = torch.tensor([7.0, 8.0, 9.0], dtype=F64)
+    w = torch.tensor([1.5, 2.5, -0.5], dtype=F64)
+    before_x, before_grad, before_w = x.detach().clone(), x.grad.clone(), w.clone()
+    autocheck.assert_grad_matches(lambda x, w: (x * w).exp(), x, w, seed=0)
+    assert torch.equal(x.detach(), before_x) and torch.equal(x.grad, before_grad)
+    assert torch.equal(w, before_w) and w.grad is None and not w.requires_grad
+    assert x.requires_grad
+
+
+# --------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------
+
+
+def test_non_callable_is_refused():
+    with pytest.raises(TypeError, match=r"f must be a function of tensors .* got f=3"):
+        autocheck.assert_grad_matches(3)
+
+
+def test_wrong_number_of_inputs_is_refused():
+    with pytest.raises(TypeError, match=r"f takes 2 inputs \(x, y\) but 1 were given"):
+        autocheck.assert_grad_matches(lambda x, y: x * y, grid(1.0))
+
+
+def test_integer_tensor_is_refused():
+    with pytest.raises(TypeError, match=r"input 0 \(x\) is an integer tensor \(torch.int64\).*x.double\(\)"):
+        autocheck.assert_grad_matches(lambda x: x * x, torch.tensor([1, 2]))
+
+
+def test_complex_tensor_is_refused():
+    with pytest.raises(TypeError, match="complex gradients are not supported yet"):
+        autocheck.assert_grad_matches(lambda x: x * x, torch.tensor([1 + 2j]))
+
+
+def test_rtol_without_atol_is_refused():
+    with pytest.raises(ValueError, match=r"rtol=1e-06 was given without atol"):
+        autocheck.assert_grad_matches(torch.sin, rtol=1e-6)
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(ValueError, match=r"dtype must be one of float64, float32, float16, bfloat16.*dtype='float8'"):
+        autocheck.assert_grad_matches(torch.sin, dtype="float8")
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(ValueError, match=r"device must be 'cpu', 'cuda'.*device='gpu0'"):
+        autocheck.assert_grad_matches(torch.sin, device="gpu0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_cuda_without_gpu_is_refused():
+    with pytest.raises(ValueError, match=r"CUDA is not available on this machine; use device='cpu'"):
+        autocheck.assert_grad_matches(torch.sin, device="cuda")
+
+
+def test_domain_outside_the_function_is_refused():
+    with pytest.raises(autocheck.DomainError, match=r"real only for x in \[0, inf\]"):
+        autocheck.assert_grad_matches(torch.log, domain=(-5.0, -1.0))
+
+
+def test_empty_domain_is_refused():
+    with pytest.raises(autocheck.DomainError, match=r"domain for x is empty: \(2.0, 1.0\)"):
+        autocheck.assert_grad_matches(torch.sin, domain={"x": (2.0, 1.0)})
+
+
+def test_reference_with_different_arity_is_refused():
+    with pytest.raises(ValueError, match=r"reference takes 2 inputs \(x, y\) but f takes 1"):
+        autocheck.assert_grad_matches(lambda x: x * x, reference=lambda x, y: x * y)
+
+
+def test_softplus_reference_and_functional_match():
+    autocheck.assert_grad_matches(F.softplus, grid(-30.0, 0.0, 19.5, 20.5, 800.0), seed=0)
