@@ -125,8 +125,12 @@ class Symbolic:
     _forward: Callable | None = None
     scale_exprs: list[sympy.Expr] = field(default_factory=list)
 
+    #: Relative accuracy the judgement needs of the reference, against the size of the
+    #: terms; None asks for correctly rounded values.
+    accuracy: float | None = None
+
     def exact(self, values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return _oracle.evaluate([e for _, _, e in self.entries], self.symbols, values)
+        return _oracle.evaluate([e for _, _, e in self.entries], self.symbols, values, accuracy=self.accuracy)
 
     def scale(self, values: Sequence[torch.Tensor], tol: Tolerance, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         """The rounding-error size of each entry, in units of rtol (see :func:`rounding_scale`)."""
@@ -301,7 +305,7 @@ class _Outcome:
     autograd: list[torch.Tensor] = field(default_factory=list)
     exact: list[torch.Tensor] = field(default_factory=list)
     inputs: list[torch.Tensor] = field(default_factory=list)  # [n, n_params] float64
-    where: list[list[str]] = field(default_factory=list)
+    where: list[Sequence[str]] = field(default_factory=list)  # per chunk: labels, or one label repeated
     forward_skipped: int = 0
 
     def extend(self, other: "_Outcome") -> None:
@@ -315,6 +319,7 @@ class _Outcome:
 
 def _judge_scalar(sym: Symbolic, f, points, dtype, device, order, tol, generator, elementwise: bool, out: _Outcome):
     """Check a batch of points of an elementwise function (one scalar symbol per input)."""
+    sym.accuracy = _needed_accuracy(tol)
     n = len(sym.names)
     values = [p.detach().to(device=device, dtype=dtype) for p in points]
     shape = torch.broadcast_shapes(*[p.shape for p in values])
@@ -358,7 +363,13 @@ def _judge_scalar(sym: Symbolic, f, points, dtype, device, order, tol, generator
         out.exact.append(expected.reshape(-1).cpu())
         out.inputs.append(point_inputs.cpu())
         label = f"d/d{sym.names[i]}" if order == 1 else f"d²/d{sym.names[i]}·"
-        out.where.append([label] * got.numel())
+        out.where.append(_Repeated(label, got.numel()))
+
+
+def _needed_accuracy(tol: Tolerance) -> float:
+    """The reference needs to be well inside the allowance, not correctly rounded: a tenth
+    of rtol, against the same size of terms that the allowance is measured against."""
+    return tol.rtol / 16
 
 
 def _exact_where_judged(sym: Symbolic, values, shape, skip: torch.Tensor) -> list[torch.Tensor]:
@@ -422,6 +433,7 @@ def _pointwise(f, values, shape, order, v, u):
 
 def _judge_tensor(sym: Symbolic, f, values, dtype, device, order, tol, generator, out: _Outcome):
     """Check one point of a function of small tensors (an array of symbols per input)."""
+    sym.accuracy = _needed_accuracy(tol)
     values = [x.detach().to(device=device, dtype=dtype) for x in values]
     v = _cotangent(sym.output_shape, dtype, device, generator)
     u = [_cotangent(x.shape, dtype, device, generator) for x in values] if order == 2 else None
@@ -779,6 +791,43 @@ def _reproduce_line(f, tensors_repr, dtype, device, order, seed, reference) -> s
     return f"autocheck.assert_grad_matches({args}, {', '.join(options)})"
 
 
+def _extreme_failures(failed, autograd, exact, inputs, dtype) -> int:
+    info = torch.finfo(dtype)
+    low, high = info.tiny**0.5, info.max**0.5
+    magnitude = inputs.abs()
+    tiny_or_huge = (((magnitude > 0) & (magnitude < low)) | (magnitude > high)).any(dim=1)
+    broken = ~torch.isfinite(autograd) | ((autograd == 0) & (exact != 0))
+    return int((failed & tiny_or_huge & broken & torch.isfinite(exact)).sum())
+
+
+@dataclass
+class _Repeated:
+    """One label for ``count`` consecutive elements."""
+
+    label: str
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, k: int) -> str:
+        return self.label
+
+
+class _Labels:
+    """Index into the concatenation of per-chunk label sequences without building it."""
+
+    def __init__(self, chunks: list[Sequence[str]]) -> None:
+        self.chunks = chunks
+
+    def __getitem__(self, k: int) -> str:
+        for chunk in self.chunks:
+            if k < len(chunk):
+                return chunk[k]
+            k -= len(chunk)
+        raise IndexError(k)
+
+
 def _report(f, sym: Symbolic, out: _Outcome, dtype, device, order, tol: Tolerance, seed, reproduce, first=None) -> Report:
     passed = torch.cat([j.passed.cpu() for j in out.judgement])
     skipped = torch.cat([j.skipped.cpu() for j in out.judgement])
@@ -790,7 +839,7 @@ def _report(f, sym: Symbolic, out: _Outcome, dtype, device, order, tol: Toleranc
     autograd = torch.cat(out.autograd)
     exact = torch.cat(out.exact)
     inputs = torch.cat(out.inputs)
-    where = [w for ws in out.where for w in ws]
+    where = _Labels(out.where)
     judged = ~skipped
     failed = ~passed
     reasons = {
@@ -807,7 +856,7 @@ def _report(f, sym: Symbolic, out: _Outcome, dtype, device, order, tol: Toleranc
     if first is not None:
         at_first = (inputs[:, : len(first)] == torch.tensor(first, dtype=torch.float64)).all(dim=1) & failed
         order_keys = torch.where(at_first, torch.full_like(order_keys, torch.inf), order_keys)
-    worst_index = torch.argsort(order_keys, descending=True)[: _WORST_ROWS]
+    worst_index = torch.topk(order_keys, min(_WORST_ROWS, order_keys.numel())).indices
     worst = [
         Point(
             inputs=tuple(float(v) for v in inputs[k]),
@@ -825,9 +874,17 @@ def _report(f, sym: Symbolic, out: _Outcome, dtype, device, order, tol: Toleranc
     n_failed = int(failed.sum())
     counterexample = None
     if n_failed:
-        first = int(torch.argsort(order_keys, descending=True)[0])
+        first = int(torch.argmax(order_keys))
         counterexample = tuple(float(v) for v in inputs[first][: len(sym.names)])
     notes = []
+    extreme = _extreme_failures(failed, autograd, exact, inputs, dtype)
+    if extreme:
+        notes.append(
+            f"Note: at {extreme} failing elements the inputs are extreme (beyond the square root of the smallest or "
+            f"largest {str(dtype).removeprefix('torch.')} number) and autograd's value is not finite or is zero while "
+            "the exact derivative is neither: an intermediate of the backward formula (such as x**2 + y**2) "
+            "underflows or overflows there. For a torch built-in, the defect is in torch's backward at those inputs."
+        )
     if kinks.any():
         notes.append(
             f"Accepted at kinks: {int(kinks.sum())} elements where autograd returned a value between the "

@@ -184,8 +184,10 @@ def rounding_scale(expr: Any) -> Any:
             terms = []
             for i, a in enumerate(factors):
                 rest = sympy.Mul(*[sympy.Abs(b) for j, b in enumerate(factors) if j != i])
-                terms.append(error(a) * rest)
-            result = sympy.Add(*terms) + (len(factors) - 1) * (sympy.Abs(e) + floor)
+                # A factor (or a partial product holding it) that underflows loses up to one
+                # floor unit, which the remaining factors then scale up.
+                terms.append((error(a) + floor) * rest)
+            result = sympy.Add(*terms) + (len(factors) - 1) * sympy.Abs(e)
         elif e.is_Pow:
             base, exponent = e.args
             result = sympy.Abs(e) + floor

@@ -57,13 +57,19 @@ _INACCURATE = (
 # matters at the jump, which no error estimate can fix.
 _STEPS = (sympy.floor, sympy.ceiling, sympy.sign, sympy.Heaviside, sympy.DiracDelta)
 
+#: Relative accuracy of torch's least accurate special-function kernels (trigamma: ~5e-10).
+KERNEL_ACCURACY = 1e-8
+
 _START_BITS = 133  # ~40 decimal digits
 _MAX_BITS = 20_000
 # log2 of the relative steps, in pairs: a limit must agree at both steps of a
 # pair, which a divergence such as 1/h**2 does not. 1100 pushes a term of
 # order h below the smallest subnormal, so that a limit of 0 rounds to 0.0.
 _LIMIT_STEPS = ((64, 96), (1100, 1300))
-_SMALLEST_NORMAL = mpmath.mpf(2) ** -1022  # log2 of the relative step; 1100 pushes an O(h) term below subnormals
+_SMALLEST_NORMAL = 2.2250738585072014e-308
+# What mpmath raises where an expression has no value: 0/0, a pole, a complex
+# number compared in a Piecewise condition, a series that does not converge.
+_NO_VALUE_ERRORS = (ArithmeticError, ValueError, TypeError, mpmath.libmp.NoConvergence)
 
 
 def term_scale(expr: sympy.Expr) -> sympy.Expr:
@@ -156,8 +162,9 @@ def _condition(expr: sympy.Function, i: int) -> sympy.Expr:
     except (ValueError, TypeError, NotImplementedError):
         return sympy.S.One
     slope = slope.xreplace({delta: 0 for delta in slope.atoms(sympy.DiracDelta)})
-    if slope.has(sympy.Derivative, sympy.Subs):
-        return sympy.S.One
+    calls = slope.atoms(sympy.core.function.Application) - slope.atoms(sympy.Piecewise)
+    if slope.has(sympy.Derivative, sympy.Subs) or any(type(c) not in _printer.SYMPY_TO_TORCH for c in calls):
+        return sympy.S.One  # a user function's derivative: no estimate, assume well-conditioned
     return sympy.Abs(arg * slope / expr)
 
 
@@ -202,9 +209,18 @@ def _plan(exprs: tuple[sympy.Expr, ...], symbols: tuple[sympy.Symbol, ...], regi
 
 
 def evaluate(
-    exprs: Sequence[sympy.Expr], symbols: Sequence[sympy.Symbol], values: Sequence[torch.Tensor]
+    exprs: Sequence[sympy.Expr],
+    symbols: Sequence[sympy.Symbol],
+    values: Sequence[torch.Tensor],
+    *,
+    accuracy: float | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Exact values of ``exprs`` at ``symbols = values``, correctly rounded to float64.
+
+    With ``accuracy`` (a relative error, measured against the size of the terms of the
+    expression), float64 is trusted wherever it is finite and its kernels are at least that
+    accurate: cancellation is then left to the caller, whose tolerance is measured against
+    the terms too (that is how the gradient check uses it, at a fraction of the cost).
 
     Args:
         exprs: SymPy expressions (typically derivatives).
@@ -229,6 +245,13 @@ def evaluate(
     outputs = [r.to(torch.float64) for r in results[: len(exprs)]]  # float64 even with no inputs
     bounds = dict(zip(plan.checked, results[len(exprs):]))
     for i, output in enumerate(outputs):
+        if accuracy is not None:
+            untrusted = ~torch.isfinite(output)
+            if plan.everywhere[i] and accuracy < KERNEL_ACCURACY:
+                untrusted = torch.ones_like(output, dtype=torch.bool)
+            if bool(untrusted.any()):
+                outputs[i] = _refine(plan, i, output, untrusted, values)
+            continue
         if plan.everywhere[i]:
             untrusted = torch.ones_like(output, dtype=torch.bool)
         elif bool(torch.isfinite(output).all()) and (i not in bounds or bool((bounds[i] <= TRUSTED_ERROR).all())):
@@ -290,7 +313,7 @@ def _converged(compute: Callable[[], Any], bits: int) -> float:
         with mpmath.workprec(bits):
             try:
                 value = _to_float64(compute())
-            except (ZeroDivisionError, ValueError, OverflowError) as error:
+            except _NO_VALUE_ERRORS as error:
                 raise _NoValue from error
         if previous is not None and _same(value, previous):
             return value
@@ -314,7 +337,9 @@ def _limit(function: Callable[..., tuple[Any, ...]], arguments: list[Any]) -> fl
             for step in steps:
                 for direction in directions:
                     moved = [_nudge(a, w, step) for a, w in zip(arguments, direction)]
-                    found.append(_converged(lambda moved=moved: function(*moved)[0], _start_bits(moved)))
+                        # At least 4·step bits: the terms of order h**-3 that cancel must survive.
+                    bits = max(4 * step, _start_bits(moved))
+                    found.append(_converged(lambda moved=moved: function(*moved)[0], bits))
         except (_NoValue, _printer.Undefined):
             continue
         if all(_same(value, found[0]) for value in found) and not math.isnan(found[0]):
@@ -343,17 +368,15 @@ def _same(a: float, b: float) -> bool:
 
 
 def _to_float64(value: Any) -> float:
-    """Round an mpmath result to the nearest float64 (complex → nan, no value → _NoValue)."""
+    """Round an mpmath result to the nearest float64 (complex → nan, nan → _NoValue)."""
     if isinstance(value, mpmath.mpc):
         if value.imag != 0:
             return math.nan  # real-valued semantics, as torch
         value = value.real
-    value = mpmath.mpf(value)
-    if mpmath.isnan(value):
+    rounded = float(value)  # mpmath rounds to nearest; overflow gives ±inf
+    if rounded != rounded:
         raise _NoValue
-    if mpmath.isinf(value) or value == 0:
-        return float(value)
-    if abs(value) < _SMALLEST_NORMAL:
-        # Subnormal: round once, to a multiple of 2**-1074, not to 53 bits first.
+    if 0 < abs(rounded) <= _SMALLEST_NORMAL:
+        # float() rounds to 53 bits, then again to the subnormal grid: round once.
         return math.ldexp(int(mpmath.nint(mpmath.ldexp(value, 1074))), -1074)
-    return float(value)
+    return rounded

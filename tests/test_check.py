@@ -160,7 +160,16 @@ def test_restricted_domain_passes(f):
 
 
 def test_atan2_passes():
-    autocheck.assert_grad_matches(torch.atan2, seed=0, examples=8)
+    y, x = torch.meshgrid(grid(-3.0, -0.5, 0.0, 0.25, 2.0), grid(-2.0, -1e-3, 0.5, 4.0), indexing="ij")
+    autocheck.assert_grad_matches(torch.atan2, y.reshape(-1), x.reshape(-1), seed=0)
+
+
+def test_torch_atan2_defect_at_tiny_inputs_is_reported_as_such():
+    # torch's atan2 backward divides by y**2 + x**2, which underflows below ~1e-154 (NOTES).
+    report = autocheck.check_grad(torch.atan2, seed=0, examples=8)
+    assert not report.ok
+    assert max(abs(v) for v in report.counterexample) < 1e-150
+    assert "the defect is in torch's backward at those inputs" in str(report)
 
 
 def test_regression_loss_at_given_tensors():

@@ -1,0 +1,32 @@
+"""Shared timing helper for the benchmark scripts: best-of-N wall time, warm."""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Callable
+
+import torch
+
+
+def best(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """The best wall time of ``repeat`` calls, after ``warmup`` calls, in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine() -> str:
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} CPU threads"
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
