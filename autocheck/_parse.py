@@ -8,7 +8,8 @@ ever sees the user's text, so a formula cannot import, open, or reach an attribu
 What a formula may contain:
 
 * numbers: ``int`` and ``float`` literals, kept exact as written (``0.1`` is 1/10);
-  a literal must lie in float64's range. No complex, string, bytes, bool or None.
+  a literal, and every constant subexpression, must be a finite real float64 (``inf`` is
+  allowed where SymPy also says oo). No complex, string, bytes, bool or None.
 * variables: any identifier not starting with ``_`` and not in :data:`_RESERVED`
   (module names such as ``torch``, builtins such as ``eval``, ``I``, ``nan``). Each
   becomes ``sympy.Symbol(name, real=True)``; at most :data:`MAX_SYMBOLS` of them.
@@ -29,10 +30,17 @@ Everything else (attribute access, subscripts, lambdas, comprehensions, f-string
 walrus, method calls such as ``x.exp()``, ``^`` ...) raises :class:`ExpressionError`,
 naming the construct, its column, and what is allowed.
 
-Work is bounded before anything large is built: the text length, the tree depth and the
-number of variables are capped, and a power or gamma-like function of exact constants
-whose value would have more than :data:`MAX_CONSTANT_DIGITS` digits is refused instead
-of computed (``9**9**9**9`` fails at once).
+Work is bounded before anything large is built: the text length is checked before
+parsing, the tree depth and the number of variables while walking, and a power or
+gamma-like function of exact constants whose value would have more than
+:data:`MAX_CONSTANT_DIGITS` digits is refused instead of computed (``9**9**9**9`` fails at
+once). SymPy can still spend minutes deciding the sign of an ill-conditioned constant
+(``exp(3**1e-300 - 1)``); building stops after :data:`MAX_BUILD_SECONDS`.
+
+The torch function is built from the same tree. Literals stay Python numbers where torch
+takes them (``x * 0.5``, ``x ** 2``); where a tensor is needed (``exp(2)``, ``1 / 3``) they
+become 0-d tensors of the inputs' floating dtype, so constant subexpressions are computed
+by torch in that dtype, as they would be in hand-written torch code.
 
 >>> p = parse_expression("softplus(x) * atan2(y, x)")
 >>> p.symbols
@@ -49,13 +57,16 @@ from __future__ import annotations
 
 import ast
 import collections
+import contextlib
 import difflib
 import functools
 import inspect
 import math
 import operator
 import re
-from collections.abc import Callable, Sequence
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple, Union
@@ -67,6 +78,7 @@ import torch.nn.functional as F
 __all__ = [
     "CONSTANTS",
     "FUNCTIONS",
+    "MAX_BUILD_SECONDS",
     "MAX_CONSTANT_DIGITS",
     "MAX_SYMBOLS",
     "ExpressionError",
@@ -82,6 +94,14 @@ MAX_SYMBOLS = 26
 #: Largest exact constant, in decimal digits, that parsing may build. float64 ends near
 #: 1e308 (and 5e-324), so bigger exact numbers only cost time and mean inf or 0 in torch.
 MAX_CONSTANT_DIGITS = 400
+
+#: Seconds that building one formula in SymPy may take before it is refused. Every
+#: formula a person writes builds in milliseconds.
+MAX_BUILD_SECONDS = 5.0
+
+#: floor, ceiling, // and % of an irrational constant beyond this are refused: float64
+#: has no fractional digits there, and SymPy's exact integer part can take forever.
+_MAX_EXACT_INTEGER_PART = 2**53
 
 #: gamma, loggamma and digamma of an exact rational evaluate to factorials and harmonic
 #: sums, whose size grows with the argument; larger constant arguments are refused.
@@ -109,6 +129,149 @@ class ExpressionError(ValueError):
 
 
 # --------------------------------------------------------------------------------------
+# Bounds on work
+# --------------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """A builder declined its arguments; the walker adds the position."""
+
+
+class _OutOfTime(BaseException):
+    """Raised from inside SymPy when building takes too long.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` in SymPy
+    can swallow it.
+    """
+
+    node: ast.AST | None = None
+
+
+@contextlib.contextmanager
+def _time_budget(seconds: float) -> Iterator[None]:
+    """Interrupt the Python code run in this block (this thread only) after ``seconds``.
+
+    SymPy decides the sign of a constant such as ``3**1e-300 - 1`` from its minimal
+    polynomial, of degree 10**300, which takes forever. The size guards stop the
+    predictable blow-ups; this is the backstop for the rest. It needs the profile hook, so
+    it is skipped while a profiler or debugger holds that hook.
+    """
+    if sys.getprofile() is not None:
+        # A profiler (or debugger) owns the hook; stacking on it would break it.
+        yield
+        return
+    deadline = time.monotonic() + seconds
+    events = 0
+
+    def check(frame: Any, event: str, arg: Any) -> None:
+        nonlocal events
+        events += 1
+        # Only on entering a Python function: raised on a C call, mpmath's bare `except:`
+        # around math.frexp would swallow it (and CPython drops a hook that raised).
+        if event == "call" and events > 255 and time.monotonic() > deadline:
+            events = 0
+            raise _OutOfTime
+
+    sys.setprofile(check)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+
+
+def _digits(value: sympy.Rational) -> float:
+    """Decimal digits of numerator and denominator together."""
+    return sum(math.log10(abs(int(n))) for n in (value.p, value.q) if n not in (0, 1, -1))
+
+
+def _format_digits(estimate: float) -> str:
+    return f"{estimate:.3g}" if estimate >= 1e6 else f"{round(estimate)}"
+
+
+def _large_exact(arg: sympy.Expr) -> bool:
+    return bool(arg.is_Rational) and (abs(arg) > _MAX_EXACT_SPECIAL_ARGUMENT or arg.q > _MAX_EXACT_SPECIAL_ARGUMENT)
+
+
+def _exact(function: Callable[[sympy.Expr], sympy.Expr]) -> Callable[[sympy.Expr], sympy.Expr]:
+    """SymPy evaluates gamma(n), loggamma(n), digamma(n) of rationals exactly: refuse big n."""
+
+    @functools.wraps(function)
+    def build(arg: sympy.Expr) -> sympy.Expr:
+        if _large_exact(arg):
+            raise _Refused(
+                f"{{segment}} would be evaluated exactly, which is too large; "
+                f"exact constant arguments must be at most {_MAX_EXACT_SPECIAL_ARGUMENT} with a denominator "
+                f"at most {_MAX_EXACT_SPECIAL_ARGUMENT}"
+            )
+        return function(arg)
+
+    return build
+
+
+def _constant_part(value: sympy.Expr) -> sympy.Expr:
+    return value.as_independent(*value.free_symbols, as_Add=True)[0] if value.free_symbols else value
+
+
+def _check_integer_part(value: sympy.Expr) -> None:
+    """Refuse to ask SymPy for the integer part of a huge irrational constant.
+
+    SymPy finds floor(10**300/log(3)) by evaluating to 300 digits and, when the difference
+    to the nearest integer cancels, by simplify(), which rewrites 10**300*log(3) as
+    log(3**10**300) and never returns. Above 2**53 float64 has no fractional part anyway.
+    """
+    constant = _constant_part(value)
+    if constant.is_Rational or not constant.is_number:
+        return
+    magnitude = abs(constant.evalf(15))
+    if magnitude.is_comparable and magnitude > _MAX_EXACT_INTEGER_PART:
+        raise _Refused(
+            f"{{segment}} needs the integer part of a constant of about {float(magnitude):.3g}; above 2**53 "
+            "float64 has no fractional digits, and the exact integer part costs SymPy unbounded time"
+        )
+
+
+def _floor(x: sympy.Expr) -> sympy.Expr:
+    _check_integer_part(x)
+    return sympy.floor(x)
+
+
+def _ceiling(x: sympy.Expr) -> sympy.Expr:
+    _check_integer_part(x)
+    return sympy.ceiling(x)
+
+
+def _floor_quotient(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
+    return _floor(a / b)
+
+
+def _mod(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
+    _check_integer_part(a / b)
+    return sympy.Mod(a, b)
+
+
+def _power(base: sympy.Expr, exponent: sympy.Expr) -> sympy.Expr:
+    """``base**exponent``, refused when SymPy would evaluate an exact number too large to hold.
+
+    SymPy evaluates rational**integer eagerly, and distributes a power over numeric factors
+    ((3*x)**n is 3**n*x**n, sqrt(2)**n is 2**(n/2)); estimate the digits first so that
+    9**9**9**9 fails at once instead of computing 9**387420489. Without rational atoms
+    (x**n, pi**n, (x - 1)**n) nothing is evaluated.
+    """
+    if exponent.is_Rational and exponent != 0:
+        size = sum(_digits(r) for r in base.atoms(sympy.Rational))
+        try:
+            estimate = abs(float(exponent)) * size
+        except OverflowError:
+            estimate = math.inf
+        if estimate > MAX_CONSTANT_DIGITS:
+            raise _Refused(
+                f"constant power {{segment}} is too large: its exact value would have about "
+                f"{_format_digits(estimate)} digits (up to {MAX_CONSTANT_DIGITS} allowed)"
+            )
+    return base**exponent
+
+
+# --------------------------------------------------------------------------------------
 # The one table: spelling -> (SymPy builder, torch builder, arity)
 # --------------------------------------------------------------------------------------
 
@@ -125,28 +288,40 @@ class FunctionSpec(NamedTuple):
     arity: tuple[int, int | None]
 
 
-def _large_exact(arg: sympy.Expr) -> bool:
-    return bool(arg.is_Rational) and (abs(arg) > _MAX_EXACT_SPECIAL_ARGUMENT or arg.q > _MAX_EXACT_SPECIAL_ARGUMENT)
-
-
-def _exact_guard(function: Callable[[sympy.Expr], sympy.Expr]) -> Callable[[sympy.Expr], sympy.Expr]:
-    """SymPy evaluates gamma(n), loggamma(n), digamma(n) of rationals exactly: refuse big n."""
-
-    @functools.wraps(function)
-    def build(arg: sympy.Expr) -> sympy.Expr:
-        if _large_exact(arg):
-            raise _Refused(
-                f"{function.__name__}({arg}) would be evaluated exactly, which is too large; "
-                f"exact constant arguments must be at most {_MAX_EXACT_SPECIAL_ARGUMENT} with a denominator "
-                f"at most {_MAX_EXACT_SPECIAL_ARGUMENT}"
-            )
-        return function(arg)
-
-    return build
+_TWO = sympy.Integer(2)
+_SQRT2 = sympy.sqrt(2)
 
 
 def _sigmoid(x: sympy.Expr) -> sympy.Expr:
     return 1 / (1 + sympy.exp(-x))
+
+
+def _softplus(x: sympy.Expr) -> sympy.Expr:
+    return sympy.log(1 + sympy.exp(x))
+
+
+def _logsigmoid(x: sympy.Expr) -> sympy.Expr:
+    return -sympy.log(1 + sympy.exp(-x))
+
+
+def _relu(x: sympy.Expr) -> sympy.Expr:
+    return sympy.Max(x, 0)
+
+
+def _ndtr(x: sympy.Expr) -> sympy.Expr:
+    return (1 + sympy.erf(x / _SQRT2)) / 2
+
+
+def _erfcx(x: sympy.Expr) -> sympy.Expr:
+    return sympy.exp(x**2) * sympy.erfc(x)
+
+
+def _hypot(x: sympy.Expr, y: sympy.Expr) -> sympy.Expr:
+    return sympy.sqrt(x**2 + y**2)
+
+
+def _clamp(x: sympy.Expr, low: sympy.Expr, high: sympy.Expr) -> sympy.Expr:
+    return sympy.Min(sympy.Max(x, low), high)
 
 
 def _log_base(x: sympy.Expr, base: sympy.Expr | None = None) -> sympy.Expr:
@@ -182,78 +357,88 @@ def _torch_heaviside(x: torch.Tensor, at_zero: torch.Tensor | None = None) -> to
     return torch.heaviside(x, value)
 
 
-def _reduce(pairwise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
-    return lambda *args: functools.reduce(pairwise, args)
+def _maximum(*args: torch.Tensor) -> torch.Tensor:
+    return functools.reduce(torch.maximum, args)
 
 
-_SQRT2 = sympy.sqrt(2)
+def _minimum(*args: torch.Tensor) -> torch.Tensor:
+    return functools.reduce(torch.minimum, args)
+
 
 _Arity = Union[int, tuple[int, Union[int, None]]]
 _Row = tuple[str, Callable[..., Any], Callable[..., torch.Tensor], _Arity]
 
 # fmt: off
 _ROWS: list[_Row] = [
-    # spellings (space-separated)                     SymPy builder                                   torch builder                                arity
-    ("exp torch.exp",                                   sympy.exp,                                      torch.exp,                                   1),
-    ("exp2 torch.exp2 torch.special.exp2",              lambda x: 2**x,                                 torch.exp2,                                  1),
-    ("expm1 torch.expm1 torch.special.expm1",           lambda x: sympy.exp(x) - 1,                     torch.expm1,                                 1),
-    ("log ln",                                          _log_base,                                      _torch_log_base,                             (1, 2)),
-    ("torch.log",                                       sympy.log,                                      torch.log,                                   1),
-    ("log2 torch.log2",                                 lambda x: sympy.log(x, 2),                      torch.log2,                                  1),
-    ("log10 torch.log10",                               lambda x: sympy.log(x, 10),                     torch.log10,                                 1),
-    ("log1p torch.log1p torch.special.log1p",           lambda x: sympy.log(1 + x),                     torch.log1p,                                 1),
-    ("sqrt torch.sqrt",                                 sympy.sqrt,                                     torch.sqrt,                                  1),
-    ("rsqrt torch.rsqrt",                               lambda x: 1 / sympy.sqrt(x),                    torch.rsqrt,                                 1),
-    ("square torch.square",                             lambda x: x**2,                                 torch.square,                                1),
-    ("reciprocal torch.reciprocal",                     lambda x: 1 / x,                                torch.reciprocal,                            1),
-    ("pow torch.pow",                                   lambda x, y: x**y,                              torch.pow,                                   2),
-    ("sin torch.sin",                                   sympy.sin,                                      torch.sin,                                   1),
-    ("cos torch.cos",                                   sympy.cos,                                      torch.cos,                                   1),
-    ("tan torch.tan",                                   sympy.tan,                                      torch.tan,                                   1),
-    ("cot",                                             sympy.cot,                                      lambda x: 1 / torch.tan(x),                  1),
-    ("sec",                                             sympy.sec,                                      lambda x: 1 / torch.cos(x),                  1),
-    ("csc",                                             sympy.csc,                                      lambda x: 1 / torch.sin(x),                  1),
-    ("asin torch.asin torch.arcsin",                    sympy.asin,                                     torch.asin,                                  1),
-    ("acos torch.acos torch.arccos",                    sympy.acos,                                     torch.acos,                                  1),
-    ("atan torch.atan torch.arctan",                    sympy.atan,                                     torch.atan,                                  1),
-    ("atan2 torch.atan2 torch.arctan2",                 sympy.atan2,                                    torch.atan2,                                 2),
-    ("sinh torch.sinh",                                 sympy.sinh,                                     torch.sinh,                                  1),
-    ("cosh torch.cosh",                                 sympy.cosh,                                     torch.cosh,                                  1),
-    ("tanh torch.tanh F.tanh torch.nn.functional.tanh", sympy.tanh,                                     torch.tanh,                                  1),
-    ("asinh torch.asinh torch.arcsinh",                 sympy.asinh,                                    torch.asinh,                                 1),
-    ("acosh torch.acosh torch.arccosh",                 sympy.acosh,                                    torch.acosh,                                 1),
-    ("atanh torch.atanh torch.arctanh",                 sympy.atanh,                                    torch.atanh,                                 1),
-    ("hypot torch.hypot",                               lambda x, y: sympy.sqrt(x**2 + y**2),           torch.hypot,                                 2),
-    ("erf torch.erf torch.special.erf",                 sympy.erf,                                      torch.erf,                                   1),
-    ("erfc torch.erfc torch.special.erfc",              sympy.erfc,                                     torch.erfc,                                  1),
-    ("erfinv torch.erfinv torch.special.erfinv",        sympy.erfinv,                                   torch.erfinv,                                1),
-    ("erfcx torch.special.erfcx",                       lambda x: sympy.exp(x**2) * sympy.erfc(x),      torch.special.erfcx,                         1),
-    ("ndtr torch.special.ndtr",                         lambda x: (1 + sympy.erf(x / _SQRT2)) / 2,      torch.special.ndtr,                          1),
-    ("log_ndtr torch.special.log_ndtr",                 lambda x: sympy.log((1 + sympy.erf(x / _SQRT2)) / 2), torch.special.log_ndtr,                1),
-    ("gamma",                                           _exact_guard(sympy.gamma),                      _torch_gamma,                                1),
-    ("loggamma lgamma torch.lgamma torch.special.gammaln", _exact_guard(sympy.loggamma),                torch.lgamma,                                1),
-    ("digamma psi torch.digamma torch.special.digamma torch.special.psi", _exact_guard(sympy.digamma),  torch.digamma,                               1),
-    ("abs Abs torch.abs",                               sympy.Abs,                                      torch.abs,                                   1),
-    ("sign torch.sign",                                 sympy.sign,                                     torch.sign,                                  1),
-    ("floor torch.floor",                               sympy.floor,                                    torch.floor,                                 1),
-    ("ceil ceiling torch.ceil",                         sympy.ceiling,                                  torch.ceil,                                  1),
-    ("max Max",                                         sympy.Max,                                      _reduce(torch.maximum),                      (1, None)),
-    ("min Min",                                         sympy.Min,                                      _reduce(torch.minimum),                      (1, None)),
-    ("torch.maximum torch.max",                         sympy.Max,                                      torch.maximum,                               2),
-    ("torch.minimum torch.min",                         sympy.Min,                                      torch.minimum,                               2),
-    ("clamp clip torch.clamp torch.clip",               lambda x, lo, hi: sympy.Min(sympy.Max(x, lo), hi), torch.clamp,                              3),
-    ("sigmoid expit torch.sigmoid torch.special.expit F.sigmoid torch.nn.functional.sigmoid", _sigmoid, torch.sigmoid,                               1),
-    ("logit torch.logit torch.special.logit",           lambda x: sympy.log(x / (1 - x)),               torch.logit,                                 1),
-    ("softplus F.softplus torch.nn.functional.softplus", lambda x: sympy.log(1 + sympy.exp(x)),         F.softplus,                                  1),
-    ("logsigmoid F.logsigmoid torch.nn.functional.logsigmoid", lambda x: -sympy.log(1 + sympy.exp(-x)), F.logsigmoid,                               1),
-    ("relu torch.relu F.relu torch.nn.functional.relu", lambda x: sympy.Max(x, 0),                      torch.relu,                                  1),
-    ("silu F.silu torch.nn.functional.silu",            lambda x: x * _sigmoid(x),                      F.silu,                                      1),
-    ("gelu F.gelu torch.nn.functional.gelu",            lambda x: x * (1 + sympy.erf(x / _SQRT2)) / 2,  F.gelu,                                      1),
+    # spellings (space-separated)           SymPy builder                   torch builder           arity
+    ("exp torch.exp",                        sympy.exp,                      torch.exp,              1),
+    ("exp2 torch.exp2 torch.special.exp2",   lambda x: _power(_TWO, x),      torch.exp2,             1),
+    ("expm1 torch.expm1 torch.special.expm1", lambda x: sympy.exp(x) - 1,    torch.expm1,            1),
+    ("log ln",                               _log_base,                      _torch_log_base,        (1, 2)),
+    ("torch.log",                            sympy.log,                      torch.log,              1),
+    ("log2 torch.log2",                      lambda x: sympy.log(x, 2),      torch.log2,             1),
+    ("log10 torch.log10",                    lambda x: sympy.log(x, 10),     torch.log10,            1),
+    ("log1p torch.log1p torch.special.log1p", lambda x: sympy.log(1 + x),    torch.log1p,            1),
+    ("sqrt torch.sqrt",                      sympy.sqrt,                     torch.sqrt,             1),
+    ("rsqrt torch.rsqrt",                    lambda x: 1 / sympy.sqrt(x),    torch.rsqrt,            1),
+    ("square torch.square",                  lambda x: _power(x, _TWO),      torch.square,           1),
+    ("reciprocal torch.reciprocal",          lambda x: 1 / x,                torch.reciprocal,       1),
+    ("pow torch.pow",                        _power,                         torch.pow,              2),
+    ("sin torch.sin",                        sympy.sin,                      torch.sin,              1),
+    ("cos torch.cos",                        sympy.cos,                      torch.cos,              1),
+    ("tan torch.tan",                        sympy.tan,                      torch.tan,              1),
+    ("cot",                                  sympy.cot,                      lambda x: 1 / torch.tan(x), 1),
+    ("sec",                                  sympy.sec,                      lambda x: 1 / torch.cos(x), 1),
+    ("csc",                                  sympy.csc,                      lambda x: 1 / torch.sin(x), 1),
+    ("asin torch.asin torch.arcsin",         sympy.asin,                     torch.asin,             1),
+    ("acos torch.acos torch.arccos",         sympy.acos,                     torch.acos,             1),
+    ("atan torch.atan torch.arctan",         sympy.atan,                     torch.atan,             1),
+    ("atan2 torch.atan2 torch.arctan2",      sympy.atan2,                    torch.atan2,            2),
+    ("sinh torch.sinh",                      sympy.sinh,                     torch.sinh,             1),
+    ("cosh torch.cosh",                      sympy.cosh,                     torch.cosh,             1),
+    ("tanh torch.tanh F.tanh",               sympy.tanh,                     torch.tanh,             1),
+    ("torch.nn.functional.tanh",             sympy.tanh,                     torch.tanh,             1),
+    ("asinh torch.asinh torch.arcsinh",      sympy.asinh,                    torch.asinh,            1),
+    ("acosh torch.acosh torch.arccosh",      sympy.acosh,                    torch.acosh,            1),
+    ("atanh torch.atanh torch.arctanh",      sympy.atanh,                    torch.atanh,            1),
+    ("hypot torch.hypot",                    _hypot,                         torch.hypot,            2),
+    ("erf torch.erf torch.special.erf",      sympy.erf,                      torch.erf,              1),
+    ("erfc torch.erfc torch.special.erfc",   sympy.erfc,                     torch.erfc,             1),
+    ("erfinv torch.erfinv torch.special.erfinv", sympy.erfinv,               torch.erfinv,           1),
+    ("erfcx torch.special.erfcx",            _erfcx,                         torch.special.erfcx,    1),
+    ("ndtr torch.special.ndtr",              _ndtr,                          torch.special.ndtr,     1),
+    ("log_ndtr torch.special.log_ndtr",      lambda x: sympy.log(_ndtr(x)),  torch.special.log_ndtr, 1),
+    ("gamma",                                _exact(sympy.gamma),            _torch_gamma,           1),
+    ("loggamma lgamma torch.lgamma",         _exact(sympy.loggamma),         torch.lgamma,           1),
+    ("torch.special.gammaln",                _exact(sympy.loggamma),         torch.lgamma,           1),
+    ("digamma psi torch.digamma",            _exact(sympy.digamma),          torch.digamma,          1),
+    ("torch.special.digamma torch.special.psi", _exact(sympy.digamma),       torch.digamma,          1),
+    ("abs Abs torch.abs",                    sympy.Abs,                      torch.abs,              1),
+    ("sign torch.sign",                      sympy.sign,                     torch.sign,             1),
+    ("floor torch.floor",                    _floor,                         torch.floor,            1),
+    ("ceil ceiling torch.ceil",              _ceiling,                       torch.ceil,             1),
+    ("max Max",                              sympy.Max,                      _maximum,               (1, None)),
+    ("min Min",                              sympy.Min,                      _minimum,               (1, None)),
+    ("torch.maximum torch.max",              sympy.Max,                      torch.maximum,          2),
+    ("torch.minimum torch.min",              sympy.Min,                      torch.minimum,          2),
+    ("clamp clip torch.clamp torch.clip",    _clamp,                         torch.clamp,            3),
+    ("sigmoid expit torch.sigmoid",          _sigmoid,                       torch.sigmoid,          1),
+    ("torch.special.expit F.sigmoid",        _sigmoid,                       torch.sigmoid,          1),
+    ("torch.nn.functional.sigmoid",          _sigmoid,                       torch.sigmoid,          1),
+    ("logit torch.logit torch.special.logit", lambda x: sympy.log(x / (1 - x)), torch.logit,         1),
+    ("softplus F.softplus",                  _softplus,                      F.softplus,             1),
+    ("torch.nn.functional.softplus",         _softplus,                      F.softplus,             1),
+    ("logsigmoid F.logsigmoid",              _logsigmoid,                    F.logsigmoid,           1),
+    ("torch.nn.functional.logsigmoid",       _logsigmoid,                    F.logsigmoid,           1),
+    ("relu torch.relu F.relu",               _relu,                          torch.relu,             1),
+    ("torch.nn.functional.relu",             _relu,                          torch.relu,             1),
+    ("silu F.silu torch.nn.functional.silu", lambda x: x * _sigmoid(x),      F.silu,                 1),
+    ("gelu F.gelu torch.nn.functional.gelu", lambda x: x * _ndtr(x),         F.gelu,                 1),
     # SymPy's sinc is sin(x)/x; torch's is normalized, sin(pi*x)/(pi*x).
-    ("sinc",                                            sympy.sinc,                                     _torch_sinc,                                 1),
-    ("torch.sinc torch.special.sinc",                   lambda x: sympy.sinc(sympy.pi * x),             torch.sinc,                                  1),
-    ("heaviside Heaviside",                             sympy.Heaviside,                                _torch_heaviside,                            (1, 2)),
-    ("torch.heaviside",                                 sympy.Heaviside,                                _torch_heaviside,                            2),
+    ("sinc",                                 sympy.sinc,                     _torch_sinc,            1),
+    ("torch.sinc torch.special.sinc",        lambda x: sympy.sinc(sympy.pi * x), torch.sinc,         1),
+    ("heaviside Heaviside",                  sympy.Heaviside,                _torch_heaviside,       (1, 2)),
+    ("torch.heaviside",                      sympy.Heaviside,                _torch_heaviside,       2),
 ]
 # fmt: on
 
@@ -455,18 +640,14 @@ class Parsed:
 # --------------------------------------------------------------------------------------
 
 
-class _Refused(Exception):
-    """A builder declined its arguments; the walker adds the position."""
-
-
 _BINARY: dict[type[ast.operator], tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Any]]] = {
     ast.Add: (operator.add, operator.add),
     ast.Sub: (operator.sub, operator.sub),
     ast.Mult: (operator.mul, operator.mul),
     ast.Div: (operator.truediv, operator.truediv),
-    ast.Pow: (operator.pow, operator.pow),
-    ast.FloorDiv: (lambda a, b: sympy.floor(a / b), _floor_divide),
-    ast.Mod: (sympy.Mod, operator.mod),
+    ast.Pow: (_power, operator.pow),
+    ast.FloorDiv: (_floor_quotient, _floor_divide),
+    ast.Mod: (_mod, operator.mod),
 }
 
 _REFUSED_BINARY = {
@@ -524,11 +705,6 @@ _LITERALS: dict[type, str] = {
 _SymPair = tuple[Any, _TorchNode]
 
 
-def _digits(value: sympy.Rational) -> float:
-    """Decimal digits of numerator and denominator together."""
-    return sum(math.log10(abs(int(n))) for n in (value.p, value.q) if n not in (0, 1, -1))
-
-
 def _dotted(node: ast.AST) -> str | None:
     """``torch.special.expit`` for an Attribute chain on a bare name, else None."""
     parts = []
@@ -549,6 +725,7 @@ class _Walker:
         self.lines = re.split(r"\r\n|\r|\n", text)
         self.max_depth = max_depth
         self.first_seen: dict[str, tuple[int, int]] = {}
+        self.variable_uses = 0
         self.symbols: dict[str, sympy.Symbol] = {}
 
     # --- errors -----------------------------------------------------------------------
@@ -582,18 +759,26 @@ class _Walker:
         if depth > self.max_depth:
             raise self.error(node, f"the formula is nested more than max_depth={self.max_depth} levels deep",
                              "Split it up, simplify it, or raise max_depth.")
+        uses = self.variable_uses
         try:
             result = self._expr(node, depth + 1)
         except _Refused as refused:
-            raise self.error(node, str(refused), "Write the constant with fewer digits or keep it symbolic.") from None
+            message = str(refused).replace("{segment}", f"`{self.segment(node)}`")
+            raise self.error(node, message, "float64 ends near 1e308; write the value you need, "
+                                            "or keep it symbolic.") from None
         except ExpressionError:
+            raise
+        except _OutOfTime as out:
+            out.node = out.node or node  # the innermost node being built when time ran out
             raise
         except RecursionError:
             raise self.error(node, "the formula is too deeply nested to build", "Lower max_depth.") from None
-        except (TypeError, ValueError, ArithmeticError, NotImplementedError, AttributeError) as exc:
-            raise self.error(node, f"`{self.segment(node)}` could not be built in SymPy: {exc}",
-                             "Check the argument types of this call.") from None
+        except Exception as exc:  # SymPy's own failures, e.g. "The argument ... is not comparable"
+            raise self.error(node, f"`{self.segment(node)}` could not be built in SymPy: {type(exc).__name__}: {exc}",
+                             "Check the arguments of this call.") from None
         self._check_value(node, result[0])
+        if self.variable_uses == uses:  # no variable below this node: a constant
+            self._check_float(node, *result)
         return result
 
     def _expr(self, node: ast.AST, depth: int) -> _SymPair:
@@ -648,6 +833,7 @@ class _Walker:
                              "Rename the variable.")
         if name in _RESERVED:
             raise self.error(node, f"name `{name}` is reserved and cannot be a variable", "Rename the variable.")
+        self.variable_uses += 1
         if name not in self.symbols:
             if len(self.symbols) >= MAX_SYMBOLS:
                 raise self.error(node, f"too many variables: `{name}` would be number {MAX_SYMBOLS + 1}",
@@ -676,32 +862,8 @@ class _Walker:
             raise self.error(node, f"operator {what} in `{self.segment(node)}` is not allowed")
         left, left_torch = self.expr(node.left, depth)
         right, right_torch = self.expr(node.right, depth)
-        if isinstance(node.op, ast.Pow):
-            self._check_power(node, left, right)
         to_sympy, to_torch = ops
         return to_sympy(left, right), _torch_binary(to_torch, left_torch, right_torch)
-
-    def _check_power(self, node: ast.BinOp, base: sympy.Expr, exponent: sympy.Expr) -> None:
-        # SymPy evaluates rational**integer (and distributes powers over numeric factors)
-        # eagerly; estimate the digits first so that 9**9**9**9 fails instead of hanging.
-        if not exponent.is_Rational or exponent == 0:
-            return
-        # Without rational atoms (x**n, pi**n, (x - 1)**n) nothing is evaluated; with them,
-        # sqrt(2)**n becomes 2**(n/2) and (3*x)**n becomes 3**n*x**n.
-        size = sum(_digits(r) for r in base.atoms(sympy.Rational))
-        if size == 0:
-            return
-        try:
-            estimate = abs(float(exponent)) * size
-        except OverflowError:
-            estimate = math.inf
-        if estimate > MAX_CONSTANT_DIGITS:
-            raise self.error(
-                node,
-                f"constant power `{self.segment(node)}` is too large: its exact value would have about "
-                f"{_format_digits(estimate)} digits (up to {MAX_CONSTANT_DIGITS} allowed)",
-                "float64 ends near 1e308; write the value you need, or keep the exponent symbolic.",
-            )
 
     def call(self, node: ast.Call, depth: int) -> _SymPair:
         spelling = _dotted(node.func)
@@ -714,10 +876,11 @@ class _Walker:
                 raise self.error(node.func, f"attribute access `{spelling}` is not allowed (method calls such as "
                                             "x.exp() included); write exp(x)", _known_functions())
             raise self.error(node.func, f"unknown function `{spelling}`", _known_functions(spelling))
-        for keyword in node.keywords:
-            shown = f"**{self.segment(keyword.value)}" if keyword.arg is None else f"{keyword.arg}={self.segment(keyword.value)}"
-            raise self.error(keyword, f"keyword argument `{shown}` in a call of {spelling} is not allowed",
-                             "Pass arguments by position, e.g. atan2(y, x).")
+        if node.keywords:
+            keyword = node.keywords[0]
+            shown = f"{keyword.arg}=" if keyword.arg is not None else "**"
+            raise self.error(keyword, f"keyword argument `{shown}{self.segment(keyword.value)}` in a call of {spelling} "
+                                      "is not allowed", "Pass arguments by position, e.g. atan2(y, x).")
         fewest, most = spec.arity
         count = len(node.args)
         if count < fewest or (most is not None and count > most):
@@ -737,8 +900,11 @@ class _Walker:
             return self._condition(node, depth + 1)
         except ExpressionError:
             raise
-        except (TypeError, ValueError, ArithmeticError, NotImplementedError, AttributeError) as exc:
-            raise self.error(node, f"condition `{self.segment(node)}` could not be built in SymPy: {exc}",
+        except _OutOfTime as out:
+            out.node = out.node or node
+            raise
+        except Exception as exc:
+            raise self.error(node, f"condition `{self.segment(node)}` could not be built in SymPy: {type(exc).__name__}: {exc}",
                              "Compare real-valued expressions.") from None
 
     def _condition(self, node: ast.AST, depth: int) -> _SymPair:
@@ -769,10 +935,10 @@ class _Walker:
         if not isinstance(value, sympy.Basic):
             return
         if value.has(sympy.zoo, sympy.nan):
-            raise self.error(node, f"`{self.segment(node)}` is undefined (SymPy gives {value})",
+            raise self.error(node, f"`{self.segment(node)}` is undefined (SymPy gives {_short(value)})",
                              "Avoid dividing by an exact zero and operations such as inf - inf.")
         if value.has(sympy.I):
-            raise self.error(node, f"`{self.segment(node)}` is not real (SymPy gives {value})",
+            raise self.error(node, f"`{self.segment(node)}` is not real (SymPy gives {_short(value)})",
                              "autocheck works over the reals.")
         coefficient = value if value.is_Rational else value.as_coeff_Mul()[0] if value.is_Mul else None
         if coefficient is not None and coefficient.is_Rational and _digits(coefficient) > MAX_CONSTANT_DIGITS:
@@ -780,12 +946,32 @@ class _Walker:
                                    f"{_format_digits(_digits(coefficient))} digits (up to {MAX_CONSTANT_DIGITS} allowed)",
                              "float64 ends near 1e308; write the value you need.")
 
+    def _check_float(self, node: ast.AST, value: sympy.Expr, torch_node: _TorchNode) -> None:
+        """A constant must be a finite float64, as the torch function computes it.
+
+        Besides refusing constants that are inf or nan in torch but finite in SymPy, this
+        keeps SymPy's own numeric evaluation single-exponential: exp(exp(exp(100))) is
+        refused here, before anything asks SymPy for its sign with 10**43-bit precision.
+        """
+        try:
+            number = float(torch_node(_Env({}, torch.float64, torch.device("cpu"))))
+        except Exception as exc:
+            raise self.error(node, f"`{self.segment(node)}` cannot be computed in torch: {type(exc).__name__}: {exc}",
+                             "Check the arguments of this call.") from None
+        if math.isnan(number):
+            raise self.error(node, f"`{self.segment(node)}` is not a real number: float64 gives nan",
+                             "autocheck works over the reals; check the function's domain.")
+        if math.isinf(number) and not value.has(sympy.oo, -sympy.oo):
+            raise self.error(node, f"`{self.segment(node)}` overflows float64 (torch computes {number})",
+                             "float64 ends near 1e308; write a smaller constant.")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 _MODULE_ROOTS = frozenset(spelling.split(".")[0] for spelling in FUNCTIONS if "." in spelling) | {"math", "np", "numpy"}
-
-
-def _format_digits(estimate: float) -> str:
-    return f"{estimate:.3g}" if estimate >= 1e6 else f"{round(estimate)}"
 
 
 def _arity_text(fewest: int, most: int | None) -> str:
@@ -844,14 +1030,15 @@ def parse_expression(text: str, *, max_length: int = 2000, max_depth: int = 50) 
         first appearance) and ``text``; ``as_torch_function()`` gives the torch version.
 
     Raises:
-        ExpressionError: the text is not a formula in the allowed language. For example
-        ``parse_expression("x.__class__")`` raises::
+        TypeError: ``text`` is not a str.
+        ExpressionError: the text is not a formula in the allowed language, or too large
+            to build. For example ``parse_expression("2 * x.__class__")`` raises (the first
+            line shortened here)::
 
-            attribute access `x.__class__` is not allowed; only the constants pi, e, inf (and torch.pi,
-            math.pi, ...) and calls of known functions may be dotted (at column 1)
-                x.__class__
-                ^^^^^^^^^^^
-            A formula may use numbers, variable names, ...
+                attribute access `x.__class__` is not allowed; only the constants ... (at column 5)
+                    2 * x.__class__
+                        ^^^^^^^^^^^
+                A formula may use numbers, variable names, the constants pi, e and inf, ...
 
     >>> parse_expression("0.1 * x + torch.special.expit(y)").expr
     x/10 + 1/(1 + exp(-y))
@@ -880,11 +1067,21 @@ def parse_expression(text: str, *, max_length: int = 2000, max_depth: int = 50) 
         raise ExpressionError(f"the formula cannot be parsed: {exc}", text=text) from None
 
     walker = _Walker(source, max_depth, text, indent)
-    expr, torch_root = walker.expr(tree.body, 1)
+    try:
+        with _time_budget(MAX_BUILD_SECONDS):
+            expr, torch_root = walker.expr(tree.body, 1)
+            _check_atoms(walker, tree.body, expr)
+    except _OutOfTime as out:
+        raise walker.error(
+            out.node or tree.body,
+            f"building `{walker.segment(out.node or tree.body)}` in SymPy took longer than "
+            f"{MAX_BUILD_SECONDS:g} s (MAX_BUILD_SECONDS)",
+            "SymPy evaluates constants exactly; a constant that needs hundreds of digits to decide "
+            "its sign or integer part takes too long. Write a simpler constant.",
+        ) from None
     if not isinstance(expr, sympy.Expr):
         raise walker.error(tree.body, f"`{walker.segment(tree.body)}` is not a number-valued formula", _ALLOWED)
     names = sorted(walker.first_seen, key=walker.first_seen.__getitem__)
-    _check_atoms(walker, tree.body, expr)
     symbols = tuple(walker.symbols[name] for name in names)
     return Parsed(expr=expr, symbols=symbols, text=text, _torch=torch_root)
 

@@ -3,16 +3,20 @@
 SymPy 1.14 ships a torch printer, but it crashes or answers wrongly on several
 shapes that symbolic derivatives produce all the time (``torch.sqrt(2)``,
 ``Heaviside``, ``Max(x, 0.4)``, ``gamma``, Piecewise without a default, ...).
-:class:`_TorchPrinter` closes those gaps; :data:`SYMPY_TO_TORCH` holds every
-function translation so that adding one is a single line::
+:class:`_TorchPrinter` closes those gaps. Every function translation lives in
+:data:`SYMPY_TO_TORCH` (and :data:`SYMPY_TO_MPMATH` for the exact reference),
+so adding one is a single :func:`register_sympy_function` call.
 
-    >>> import sympy, torch
-    >>> from autocheck._printer import register_sympy_function, to_torch
-    >>> register_sympy_function(sympy.erf2, lambda x, y: torch.erf(y) - torch.erf(x))
-    >>> x = sympy.Symbol("x", real=True)
-    >>> f = to_torch([sympy.sqrt(2) * sympy.exp(-x**2), sympy.Integer(3)], [x])
-    >>> f(torch.tensor([0.0, 1.0], dtype=torch.float64))
-    (tensor([1.4142, 0.5203], dtype=torch.float64), tensor([3., 3.], dtype=torch.float64))
+>>> import sympy, torch
+>>> x = sympy.Symbol("x", real=True)
+>>> f = to_torch([sympy.sqrt(2) * sympy.exp(-x**2), sympy.Integer(3)], [x])
+>>> f(torch.tensor([0.0, 1.0], dtype=torch.float64))
+(tensor([1.4142, 0.5203], dtype=torch.float64), tensor([3., 3.], dtype=torch.float64))
+
+Numbers: every pure-number subexpression (``sqrt(2)``, ``log(2)``, ``pi``) is
+evaluated to 50 digits when the code is printed and written as the nearest
+float64 literal, Rationals included; where a torch function needs a tensor the
+number becomes a 0-d tensor of the working dtype on the inputs' device.
 
 Conventions where SymPy has no real floating-point value:
 
@@ -27,6 +31,10 @@ Conventions where SymPy has no real floating-point value:
   negative number are nan, as in torch.
 * float16 and bfloat16 inputs are evaluated in float32 and rounded back, both
   for accuracy and because several torch kernels have no half versions on CPU.
+* Only what torch has: ``besselj/bessely/besseli/besselk`` of orders 0 and 1,
+  ``LambertW`` on its principal branch (Halley's iteration, a few ULP);
+  anything else raises :class:`TranslationError` with the registration that
+  fixes it.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ _DIGITS = 50
 _REFUSED = (sympy.Derivative, sympy.Subs, sympy.Integral, sympy.Limit)
 
 
-class Undefined(ArithmeticError):
+class Undefined(Exception):
     """An mpmath translation has no value at this point (DiracDelta at 0).
 
     Unlike a division by zero, this is not a removable singularity: the oracle

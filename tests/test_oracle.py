@@ -1,0 +1,340 @@
+"""Exact reference values: float64 where it is trusted, mpmath where it is not."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import pytest
+import sympy
+import torch
+
+from autocheck import _oracle
+from autocheck._oracle import evaluate, term_scale
+from autocheck._printer import SYMPY_TO_MPMATH, SYMPY_TO_TORCH, register_sympy_function, to_torch
+
+x, y = sympy.symbols("x y", real=True)
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+]
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+SOFTPLUS_GRAD = sympy.diff(sympy.log(1 + sympy.exp(x)), x)  # exp(x)/(exp(x) + 1)
+SINC_GRAD = sympy.diff(sympy.sinc(x), x)  # cos(x)/x - sin(x)/x**2
+X2EX_GRAD = sympy.diff(x**2 * sympy.exp(x), x)  # x**2*exp(x) + 2*x*exp(x)
+
+
+@pytest.fixture(autouse=True)
+def _forget_registrations():
+    yield
+    SYMPY_TO_TORCH.maps[0].clear()
+    SYMPY_TO_MPMATH.maps[0].clear()
+
+
+def exact(expr, *values, device="cpu", symbols=(x,)):
+    tensors = [torch.tensor(v, dtype=torch.float64, device=device) for v in values]
+    (out,) = evaluate([expr], list(symbols), tensors)
+    assert out.dtype == torch.float64 and out.device.type == device
+    return out.cpu().tolist()
+
+
+def mpmath_50(function, *points):
+    """The 50-digit mpmath value, rounded to float64."""
+    with mpmath.workdps(50):
+        return float(function(*[mpmath.mpf(p) for p in points]))
+
+
+def ulps(a, b):
+    return abs(a - b) / math.ulp(b)
+
+
+# --- non-finite float64 values ----------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_softplus_gradient_at_800_is_one(device):
+    assert exact(SOFTPLUS_GRAD, [800.0, -800.0, 0.0], device=device) == [1.0, 0.0, 0.5]
+
+
+def test_printed_softplus_gradient_at_800_is_nan():
+    (out,) = to_torch([SOFTPLUS_GRAD], [x])(torch.tensor([800.0], dtype=torch.float64))
+    assert math.isnan(out.item())  # what the oracle has to repair
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_overflowing_derivative_is_inf(device):
+    assert exact(X2EX_GRAD, [800.0, 710.0], device=device) == [math.inf, math.inf]
+
+
+def test_underflowing_derivative_is_zero():
+    assert exact(X2EX_GRAD, [-800.0]) == [0.0]
+
+
+# --- removable singularities -------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sinc_gradient_at_zero_is_zero(device):
+    assert exact(SINC_GRAD, [0.0], device=device) == [0.0]
+
+
+def test_sinc_second_derivative_at_zero():
+    assert exact(sympy.diff(sympy.sinc(x), x, 2), [0.0]) == [-1 / 3]
+
+
+def test_sinc_gradient_at_a_tiny_point():
+    assert exact(SINC_GRAD, [1e-300]) == [mpmath_50(lambda v: -v / 3, 1e-300)]
+
+
+def test_removable_singularity_in_two_symbols():
+    expr = (sympy.sin(x) - sympy.sin(y)) / (x - y)
+    assert exact(expr, [1.0, 2.0], [1.0, 1.0], symbols=(x, y)) == [
+        mpmath_50(mpmath.cos, 1.0),
+        mpmath_50(lambda a, b: (mpmath.sin(a) - mpmath.sin(b)) / (a - b), 2.0, 1.0),
+    ]
+
+
+def test_pole_keeps_the_ieee_value():
+    assert exact(1 / x, [0.0]) == [math.inf]  # the sides disagree: no limit
+    assert exact(1 / x**2, [0.0]) == [math.inf]  # both sides diverge to +inf
+
+
+def test_divergence_is_not_mistaken_for_a_limit():
+    assert exact(sympy.polygamma(1, x), [-1.0]) == [math.inf]
+
+
+def test_dirac_delta_at_zero_is_nan():
+    values = exact(2 * sympy.DiracDelta(x), [0.0, 1.0])
+    assert math.isnan(values[0]) and values[1] == 0.0
+
+
+def test_outside_the_domain_is_nan():
+    assert all(math.isnan(v) for v in exact(sympy.log(x) + sympy.sqrt(x), [-1.0]))
+
+
+def test_nan_input_gives_nan():
+    assert math.isnan(exact(X2EX_GRAD, [math.nan])[0])
+
+
+# --- cancellation and ill-conditioning ---------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cancellation_near_minus_two_is_within_one_ulp(device):
+    points = [-2.0 + k * 2.0**-40 for k in range(-4, 5) if k] + [-1.9999, -2.0001, -2.5, -1.5]
+    for point, value in zip(points, exact(X2EX_GRAD, points, device=device)):
+        assert ulps(value, mpmath_50(lambda v: v * v * mpmath.exp(v) + 2 * v * mpmath.exp(v), point)) <= 1
+
+
+def test_cancellation_at_minus_two_is_exactly_zero():
+    assert exact(X2EX_GRAD, [-2.0]) == [0.0]
+
+
+def test_printed_gradient_near_minus_two_is_off():
+    point = -2.0 + 2.0**-40
+    (printed,) = to_torch([X2EX_GRAD], [x])(torch.tensor([point], dtype=torch.float64))
+    truth = mpmath_50(lambda v: v * v * mpmath.exp(v) + 2 * v * mpmath.exp(v), point)
+    assert ulps(printed.item(), truth) > 1000  # what the oracle has to repair
+
+
+def test_ill_conditioned_inner_sum():
+    expr = sympy.diff(x * sympy.log(1 + x), x)  # log(1 + x) at tiny x
+    assert exact(expr, [1e-10]) == [mpmath_50(lambda v: mpmath.log1p(v) + v / (1 + v), 1e-10)]
+
+
+def test_exponential_of_a_rounded_argument():
+    expr = sympy.diff(sympy.exp(x**2 / 3), x)
+    assert ulps(exact(expr, [25.0])[0], mpmath_50(lambda v: 2 * v / 3 * mpmath.exp(v * v / 3), 25.0)) <= 1
+
+
+def test_needs_more_than_forty_digits():
+    expr = (sympy.exp(x) - 1 - x) / x**2
+    assert exact(expr, [1e-8, 1e-30]) == [
+        mpmath_50(lambda v: (mpmath.exp(v) - 1 - v) / v**2, 1e-8),
+        0.5,
+    ]
+
+
+# --- special functions ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trigamma_matches_mpmath_where_torch_is_off(device):
+    points = [0.3, 1.7, 4.1, 12.5, -0.5]
+    (torch_kernel,) = to_torch([sympy.polygamma(1, x)], [x])(torch.tensor(points, dtype=torch.float64))
+    values = exact(sympy.polygamma(1, x), points, device=device)
+    for point, value, kernel in zip(points, values, torch_kernel.tolist()):
+        truth = mpmath_50(lambda v: mpmath.psi(1, v), point)
+        assert ulps(value, truth) <= 1
+    assert max(ulps(k, mpmath_50(lambda v: mpmath.psi(1, v), p)) for p, k in zip(points, torch_kernel.tolist())) > 10
+
+
+def test_digamma_near_its_root():
+    root = 1.4616321449683622  # digamma's positive root, where relative accuracy is hardest
+    expr = sympy.diff(sympy.loggamma(x), x)
+    assert exact(expr, [root]) == [mpmath_50(mpmath.digamma, root)]
+
+
+def test_gamma_is_exact():
+    assert exact(sympy.gamma(x), [170.5]) == [mpmath_50(mpmath.gamma, 170.5)]
+
+
+# --- float64 fast path ---------------------------------------------------------------
+
+
+def test_trusted_points_never_reach_mpmath(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("mpmath was called")
+
+    monkeypatch.setattr(_oracle, "_exact_values", refuse)
+    values = torch.linspace(0, 10, 1001, dtype=torch.float64)
+    (out,) = evaluate([SOFTPLUS_GRAD], [x], [values])
+    assert torch.equal(out, to_torch([SOFTPLUS_GRAD], [x])(values)[0])
+
+
+def test_fast_path_is_within_a_few_ulps():
+    points = torch.linspace(-10, 10, 201, dtype=torch.float64)
+    values = evaluate([X2EX_GRAD], [x], [points])[0].tolist()
+    for point, value in zip(points.tolist(), values):
+        assert ulps(value, mpmath_50(lambda v: v * v * mpmath.exp(v) + 2 * v * mpmath.exp(v), point) or 5e-324) <= 8
+
+
+# --- shapes, dtypes, devices ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_any_input_dtype_gives_float64_on_the_same_device(device, dtype):
+    (out,) = evaluate([SINC_GRAD], [x], [torch.tensor([0.0, 1.0], dtype=dtype, device=device)])
+    assert out.dtype == torch.float64 and out.device.type == device
+    assert out.tolist() == [0.0, mpmath_50(lambda v: mpmath.cos(v) - mpmath.sin(v), 1.0)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_broadcasting_several_expressions(device):
+    a = torch.tensor([[0.0], [1.0]], dtype=torch.float64, device=device)
+    b = torch.tensor([0.0, 2.0, 3.0], dtype=torch.float32, device=device)
+    outs = evaluate([x * y, sympy.Integer(3), sympy.sin(x) / x], [x, y], [a, b])
+    assert [tuple(o.shape) for o in outs] == [(2, 3)] * 3
+    assert outs[1].tolist() == [[3.0] * 3] * 2
+    assert outs[2][0].tolist() == [1.0] * 3
+
+
+def test_wrong_number_of_values():
+    with pytest.raises(ValueError, match=r"Expected one value per symbol in \[x, y\], but got 1 values"):
+        evaluate([x + y], [x, y], [torch.ones(1)])
+
+
+def test_missing_mpmath_translation_warns_and_keeps_float64():
+    f = sympy.Function("f")
+    register_sympy_function(f, torch.reciprocal)
+    with pytest.warns(UserWarning, match=r"No mpmath reference for f\(x\)"):
+        (out,) = evaluate([f(x)], [x], [torch.tensor([0.0, 2.0], dtype=torch.float64)])
+    assert out.tolist() == [math.inf, 0.5]
+
+
+def test_registered_mpmath_implementation_is_used():
+    f = sympy.Function("f")
+    register_sympy_function(f, lambda v: torch.exp(v) / (1 + torch.exp(v)), mpmath_implementation=lambda v: 1 / (1 + mpmath.exp(-v)))
+    assert exact(f(x), [800.0]) == [1.0]
+
+
+# --- term_scale ---------------------------------------------------------------------
+
+
+def test_term_scale_of_a_sum_adds_the_terms_magnitudes():
+    assert term_scale(X2EX_GRAD) == x**2 * sympy.exp(x) + 2 * sympy.Abs(x) * sympy.exp(x)
+
+
+def test_term_scale_of_a_product_multiplies():
+    assert term_scale((x - 1) * sympy.sin(y)) == (sympy.Abs(x) + 1) * sympy.Abs(sympy.sin(y))
+
+
+def test_term_scale_of_a_positive_power():
+    assert term_scale((x - 1) ** 3) == (sympy.Abs(x) + 1) ** 3
+
+
+def test_term_scale_of_a_negative_power():
+    assert term_scale(1 / (x - 1)) == (sympy.Abs(x) + 1) / sympy.Abs(x - 1) ** 2
+
+
+def test_term_scale_of_anything_else_is_its_magnitude():
+    assert term_scale(sympy.exp(x - 1)) == sympy.exp(x - 1)  # SymPy knows exp is positive
+    assert term_scale(sympy.sin(x - 1)) == sympy.Abs(sympy.sin(x - 1))
+
+
+# --- traps found by fuzzing against 700-digit mpmath ---------------------------------
+
+
+def test_overflow_in_a_divisor_is_not_trusted():
+    expr = sympy.diff(sympy.log(1 + x**2), x)  # 2x/(x² + 1): x² is inf at 1e300, the result 0.0
+    assert exact(expr, [1e300]) == [2e-300]
+
+
+def test_overflow_in_a_squared_divisor_is_not_trusted():
+    expr = sympy.diff(x / (1 + sympy.exp(-x)), x)  # (1 + e^700)**2 overflows
+    assert exact(expr, [-700.0]) == [mpmath_50(lambda v: v * mpmath.exp(-v) / (1 + mpmath.exp(-v)) ** 2 + 1 / (1 + mpmath.exp(-v)), -700.0)]
+
+
+def test_agreeing_precisions_that_both_lose_a_term_are_not_accepted():
+    gelu_grad = sympy.diff(x * (1 + sympy.erf(x / sympy.sqrt(2))) / 2, x)  # erf(x/√2)/2 + 1/2 ≈ 1e-89
+    point = -20.19887971624531
+    with mpmath.workdps(200):
+        v = mpmath.mpf(point)
+        truth = float(v * mpmath.exp(-v * v / 2) / mpmath.sqrt(2 * mpmath.pi) + mpmath.erfc(-v / mpmath.sqrt(2)) / 2)
+    assert exact(gelu_grad, [point]) == [truth]
+
+
+def test_pole_with_a_tiny_residue_diverges():
+    assert exact(sympy.diff(sympy.gamma(x), x), [0.0, -1.0, -700.0]) == [-math.inf, math.inf, -math.inf]
+
+
+def test_max_and_piecewise_in_the_reference():
+    expr = sympy.Max(x, y) * sympy.Piecewise((x, x > 0), (-x, True))
+    assert exact(expr, [2.0, -3.0], [1.0, 5.0], symbols=(x, y)) == [4.0, 15.0]
+
+
+def test_special_and_plain_expressions_together():
+    trigamma, square = evaluate([sympy.polygamma(1, x), x**2], [x], [torch.tensor([1.0], dtype=torch.float64)])
+    assert trigamma.tolist() == [mpmath_50(lambda v: mpmath.pi**2 / 6 + 0 * v, 1.0)] and square.tolist() == [1.0]
+
+
+def test_a_new_registration_is_seen_by_a_cached_plan():
+    f = sympy.Function("f")
+    register_sympy_function(f, lambda v: v + 1, mpmath_implementation=lambda v: v + 1)
+    assert exact(f(x), [1.0]) == [2.0]
+    register_sympy_function(f, lambda v: v + 2, mpmath_implementation=lambda v: v + 2)
+    assert exact(f(x), [1.0]) == [3.0]
+
+
+# --- accuracy against the terms (the gradient check's mode) ---------------------------
+
+
+def test_accuracy_mode_leaves_cancellation_to_the_caller(monkeypatch):
+    monkeypatch.setattr(_oracle, "_exact_values", lambda *a: (_ for _ in ()).throw(AssertionError("mpmath")))
+    point = torch.tensor([-2.0 + 2.0**-40], dtype=torch.float64)
+    (out,) = evaluate([X2EX_GRAD], [x], [point], accuracy=1e-9)
+    assert torch.equal(out, to_torch([X2EX_GRAD], [x])(point)[0])
+
+
+def test_accuracy_mode_still_repairs_non_finite_values():
+    (out,) = evaluate([SOFTPLUS_GRAD], [x], [torch.tensor([800.0], dtype=torch.float64)], accuracy=1e-9)
+    assert out.tolist() == [1.0]
+
+
+def test_accuracy_mode_trusts_a_kernel_accurate_enough():
+    (out,) = evaluate([sympy.polygamma(1, x)], [x], [torch.tensor([4.1], dtype=torch.float64)], accuracy=1e-6)
+    assert out.item() == to_torch([sympy.polygamma(1, x)], [x])(torch.tensor([4.1], dtype=torch.float64))[0].item()
+
+
+def test_accuracy_mode_refines_a_kernel_not_accurate_enough():
+    (out,) = evaluate([sympy.polygamma(1, x)], [x], [torch.tensor([4.1], dtype=torch.float64)], accuracy=1e-12)
+    assert out.item() == mpmath_50(lambda v: mpmath.psi(1, v), 4.1)
+
+
+def test_accuracy_mode_refines_an_ill_conditioned_argument():
+    expr = sympy.diff(sympy.exp(x**2 / 3), x)  # exp of a rounded x²/3: ~200 roundoffs at 25
+    (out,) = evaluate([expr], [x], [torch.tensor([25.0], dtype=torch.float64)], accuracy=8 * 2.0**-53)
+    assert ulps(out.item(), mpmath_50(lambda v: 2 * v / 3 * mpmath.exp(v * v / 3), 25.0)) <= 1
