@@ -474,7 +474,7 @@ CONSTANTS: collections.ChainMap[str, tuple[sympy.Expr, float]] = collections.Cha
 _RESERVED = frozenset(
     "torch F nn math np numpy sympy sp os sys builtins eval exec compile open input print "
     "getattr setattr delattr globals locals vars dir type object breakpoint help exit quit "
-    "I nan NaN zoo j".split()
+    "I nan NaN zoo".split()
 )
 
 _ALLOWED = (

@@ -224,6 +224,10 @@ _BUILTIN_TORCH: dict[type, Implementation | Mapping[int, Implementation]] = {
     sympy.acsch: _inverse_of(torch.asinh),
     sympy.acoth: _inverse_of(torch.atanh),
     sympy.Abs: "torch.abs",
+    # Every value autocheck evaluates is real: SymPy's re() and im() of an expression it
+    # cannot prove real (|exp(erfinv(x)**2)|) are the value itself and zero.
+    sympy.re: lambda x: x,
+    sympy.im: torch.zeros_like,
     sympy.sign: _sign,
     sympy.floor: "torch.floor",
     sympy.ceiling: "torch.ceil",
@@ -301,6 +305,8 @@ _BUILTIN_MPMATH: dict[type, Implementation] = {
     sympy.log: "mpmath.log",
     sympy.ceiling: "mpmath.ceil",
     sympy.Abs: abs,
+    sympy.re: lambda x: x,
+    sympy.im: lambda x: 0 * x,
     sympy.Mod: lambda a, b: a % b,
     sympy.Max: _mp_nan_aware(max),
     sympy.Min: _mp_nan_aware(min),

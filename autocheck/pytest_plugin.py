@@ -88,9 +88,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             pytest.param(d, marks=pytest.mark.skipif(d == "cuda" and not _cuda_available(), reason="no CUDA device"))
             for d in _devices(metafunc.config)
         ]
-        metafunc.parametrize("autocheck_device", params, scope="function")
+        metafunc.parametrize("autocheck_device", params, scope="function", indirect=True)
     if "autocheck_dtype" in fixtures or "grad_check" in fixtures:
-        metafunc.parametrize("autocheck_dtype", _dtypes(metafunc.config), scope="function")
+        metafunc.parametrize("autocheck_dtype", _dtypes(metafunc.config), scope="function", indirect=True)
 
 
 def _cuda_available() -> bool:

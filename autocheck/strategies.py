@@ -68,7 +68,7 @@ def points(
     """Tuples with one tensor per parameter of ``f``, inside ``f``'s real domain.
 
     The domain is inferred from ``f``'s SymPy expression where SymPy can (log: x >= 0,
-    atanh: |x| <= 1) and narrowed by ``domain`` (``(low, high)``, a list, or a dict by
+    atanh: ``|x| <= 1``) and narrowed by ``domain`` (``(low, high)``, a list, or a dict by
     parameter name), as in :func:`autocheck.assert_grad_matches`.
     """
     dtype_ = _dtype(dtype)
