@@ -99,6 +99,14 @@ def _gamma(x: torch.Tensor) -> torch.Tensor:
     return _nan_where((x < 0) & (x == torch.floor(x)), value)
 
 
+def _real_part(x: Any) -> Any:
+    return x
+
+
+def _imaginary_part(x: Any) -> Any:
+    return 0 * x
+
+
 def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(x), x, torch.sign(x))  # torch.sign(nan) is 0
 
@@ -226,8 +234,8 @@ _BUILTIN_TORCH: dict[type, Implementation | Mapping[int, Implementation]] = {
     sympy.Abs: "torch.abs",
     # Every value autocheck evaluates is real: SymPy's re() and im() of an expression it
     # cannot prove real (|exp(erfinv(x)**2)|) are the value itself and zero.
-    sympy.re: lambda x: x,
-    sympy.im: torch.zeros_like,
+    sympy.re: _real_part,
+    sympy.im: _imaginary_part,
     sympy.sign: _sign,
     sympy.floor: "torch.floor",
     sympy.ceiling: "torch.ceil",
@@ -305,8 +313,8 @@ _BUILTIN_MPMATH: dict[type, Implementation] = {
     sympy.log: "mpmath.log",
     sympy.ceiling: "mpmath.ceil",
     sympy.Abs: abs,
-    sympy.re: lambda x: x,
-    sympy.im: lambda x: 0 * x,
+    sympy.re: _real_part,
+    sympy.im: _imaginary_part,
     sympy.Mod: lambda a, b: a % b,
     sympy.Max: _mp_nan_aware(max),
     sympy.Min: _mp_nan_aware(min),
