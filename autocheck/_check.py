@@ -16,7 +16,17 @@ import sympy
 import torch
 
 from . import _oracle, _printer
-from ._compare import Judgement, Tolerance, between, judge, rounding_abs, rounding_scale, tolerance_for, underflow_symbol
+from ._compare import (
+    Judgement,
+    Tolerance,
+    between,
+    judge,
+    rounding_abs,
+    rounding_scale,
+    tolerance_for,
+    torch_printable_orders,
+    underflow_symbol,
+)
 from ._errors import GradientMismatch, TraceError
 from ._report import Point, Report
 from ._search import Domain, draw, infer_domain, parse_domain, search, shrink
@@ -188,9 +198,11 @@ def _condition(expr: sympy.Expr, symbols) -> sympy.Expr:
     for s in symbols:
         if s in expr.free_symbols:
             try:
-                terms.append(rounding_abs(s * finish(sympy.diff(expr, s))))
+                slope = finish(sympy.diff(expr, s))
             except TraceError:
-                pass
+                continue
+            if torch_printable_orders(slope):
+                terms.append(rounding_abs(s * slope))
     return sympy.Add(*terms)
 
 

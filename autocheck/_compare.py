@@ -167,6 +167,13 @@ def rounding_abs(e: Any) -> Any:
     return value
 
 
+def torch_printable_orders(expr: Any) -> bool:
+    """Whether the Bessel functions in ``expr`` have the orders torch has (0 and 1)."""
+    import sympy
+
+    return all(b.args[0] in (0, 1) for b in expr.atoms(sympy.besseli, sympy.besselj, sympy.bessely, sympy.besselk))
+
+
 def rounding_scale(expr: Any) -> Any:
     """A SymPy expression for the rounding error of evaluating ``expr`` in floating point,
     in units of the unit roundoff (a first-order running error bound).
@@ -220,7 +227,7 @@ def rounding_scale(expr: Any) -> Any:
                     partial = e.fdiff(k)
                 except Exception:  # noqa: BLE001 - no derivative known: count the argument's error as is
                     partial = sympy.Integer(1)
-                if partial.has(sympy.Derivative, sympy.Subs):
+                if partial.has(sympy.Derivative, sympy.Subs) or not torch_printable_orders(partial):
                     partial = sympy.Integer(1)
                 partial = partial.replace(lambda d: isinstance(d, sympy.DiracDelta), lambda d: sympy.Integer(0))
                 result += abs_(partial) * error(argument)

@@ -131,19 +131,6 @@ LEFT_OUT: dict[str, LeftOut] = {
     ),
     "angle": LeftOut(NO_RULE, "`aten::angle`", autocheck.TraceError, "aten::angle"),
     "frexp": LeftOut(NO_RULE, "`prims::frexp` (and an integer exponent output)", autocheck.TraceError, "prims::frexp"),
-    "erfinv": LeftOut(
-        BUG,
-        "the rounding scale of the derivative `sqrt(pi)*exp(erfinv(x)**2)/2` holds `re(erfinv(x))`, "
-        "which has no torch translation",
-        autocheck.TranslationError,
-        r"re\(erfinv",
-    ),
-    "special.ndtri": LeftOut(
-        BUG,
-        "the rounding scale of the derivative holds `re(erfinv(2*x - 1))`, which has no torch translation",
-        autocheck.TranslationError,
-        r"re\(erfinv",
-    ),
     "special.i1": LeftOut(
         BUG,
         "the derivative `besseli(0, x)/2 + besseli(2, x)/2` needs `besseli` of order 2, which has no torch translation",
