@@ -197,7 +197,7 @@ def test_failing_check_json(buggy, capsys):
 
 
 def test_json_has_the_report_fields(capsys):
-    assert run("check", "atan2(y, x)", "--domain", "x=0.1:10", "--seed", "3", "--json") == 0
+    assert run("check", "atan2(y, x)", "--domain", "x=0.1:10", "--domain", "y=-10:10", "--seed", "3", "--json") == 0
     text = capsys.readouterr().out
 
     def refuse(constant):
