@@ -158,7 +158,7 @@ def _error_bound(expr: sympy.Expr, kernels: bool = False) -> sympy.Expr:
     if isinstance(expr, (sympy.Max, sympy.Min)):
         return sympy.Add(*map(bound, expr.args))  # exact selection: the chosen argument's error
     if isinstance(expr, sympy.Function):
-        own = _KERNEL_ERROR.get(type(expr), 1) * (1 + 1 / sympy.Abs(expr)) if kernels else 0
+        own = _KERNEL_ERROR[type(expr)] * (1 + 1 / sympy.Abs(expr)) if kernels and type(expr) in _KERNEL_ERROR else 0
         return 1 + own + sympy.Add(*[
             _condition(expr, i) * arg_bound
             for i, arg in enumerate(expr.args)
@@ -242,7 +242,8 @@ def _plan(
         bound = _error_bound(expr, kernels=against_terms)
         if against_terms:
             bound *= sympy.Abs(expr) / term_scale(expr)  # cancellation is the caller's business
-        bound += _PROBE * _overflow_probe(expr)
+        # |expr| too: a non-finite value makes the bound nan, so one check covers both.
+        bound += _PROBE * (_overflow_probe(expr) + sympy.Abs(expr))
         if not (bound.is_number and bound <= TRUSTED_ERROR):
             bounds.append(bound)
             checked.append(i)
@@ -331,8 +332,8 @@ def evaluate(
             continue
         if plan.everywhere[i]:
             untrusted = torch.ones_like(output, dtype=torch.bool)
-        elif bool(torch.isfinite(output).all()) and (i not in bounds or bool((bounds[i] <= trusted).all())):
-            continue  # the common case: two cheap reductions, no masks
+        elif bool((bounds[i] <= trusted).all()) if i in bounds else bool(torch.isfinite(output).all()):
+            continue  # the common case: one cheap reduction, no masks
         else:
             untrusted = ~torch.isfinite(output)
             if i in bounds:
