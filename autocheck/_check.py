@@ -27,7 +27,7 @@ from ._compare import (
     torch_printable_orders,
     underflow_symbol,
 )
-from ._errors import GradientMismatch, TraceError
+from ._errors import DomainError, GradientMismatch, TraceError
 from ._report import Point, Report
 from ._search import Domain, draw, infer_domain, parse_domain, search, shrink
 from ._symbolic import finish
@@ -238,9 +238,7 @@ def _formula(names: Sequence[str], entries: list, syms: Sequence[sympy.Symbol], 
     parts = []
     seen = set()
     for out_index, ins, expr in entries:
-        label = "d" * 1 + "/" + "".join(f"d{syms[i]}" for i in ins) if len(ins) > 1 else f"d/d{syms[ins[0]]}"
-        if len(ins) > 1:
-            label = f"d²/{''.join('d' + str(syms[i]) for i in ins)}"
+        label = f"d²/{''.join('d' + str(syms[i]) for i in ins)}" if len(ins) > 1 else f"d/d{syms[ins[0]]}"
         if out_index:
             label += f" of output{list(out_index)}"
         if label in seen:
@@ -803,8 +801,6 @@ def _points_in_domain(sym: Symbolic, dom: Domain, count: int, dtype, generator) 
         if have >= count:
             break
     if have == 0:
-        from ._errors import DomainError
-
         raise DomainError(
             f"no point was found where {_name(sym)} is real-valued (domain: {dom.describe()}); "
             "give domain= with an interval where the function is defined"
