@@ -7,10 +7,13 @@ x**2*exp(x) + 2*x*exp(x)
 
 from ._check import assert_grad_matches as assert_grad_matches
 from ._check import check_grad as check_grad
-from ._check import reference as reference
+from ._reference import reference as reference
 from ._compare import DEFAULT_TOLERANCES as DEFAULT_TOLERANCES
+from ._errors import DeadlineExceeded as DeadlineExceeded
 from ._errors import DomainError as DomainError
 from ._errors import GradientMismatch as GradientMismatch
+from ._errors import NondeterministicFunction as NondeterministicFunction
+from ._errors import NothingChecked as NothingChecked
 from ._errors import TraceError as TraceError
 from ._errors import TranslationError as TranslationError
 from ._printer import register_sympy_function as register_sympy_function
@@ -31,8 +34,11 @@ def __getattr__(name: str):
 
 __all__ = [
     "DEFAULT_TOLERANCES",
+    "DeadlineExceeded",
     "DomainError",
     "GradientMismatch",
+    "NondeterministicFunction",
+    "NothingChecked",
     "Report",
     "TraceError",
     "TranslationError",

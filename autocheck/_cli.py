@@ -386,10 +386,16 @@ def _parse_domain(items: Sequence[str], names: Sequence[str]) -> dict[str, tuple
 
 
 def _bound(text: str, default: float) -> float:
+    """One end of a --domain interval: a finite number, or empty for no bound on that side."""
     text = text.strip()
-    value = default if not text else float(text)
-    if math.isnan(value):
-        raise ValueError
+    if not text:
+        return default
+    value = float(text)
+    if not math.isfinite(value):
+        raise UsageError(
+            f"--domain bound {text!r} is not a finite float64 number; leave that side empty for no bound "
+            '(e.g. "x=0:" for x >= 0)'
+        )
     return value
 
 
@@ -649,11 +655,11 @@ def _ulps(value: float) -> str:
 
 
 def _input(value: float, dtype: Any) -> str:
-    from ._check import _short_float
+    from ._report import shortest
 
     if not math.isfinite(value):
         return _number(value, 17)
-    return _short_float(value, dtype)
+    return repr(shortest(value, dtype))
 
 
 def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
@@ -742,7 +748,8 @@ def _check(args: argparse.Namespace) -> int:
 def _run_check(args: argparse.Namespace, dtype: Any, device: Any, seed: int) -> _Run:
     import torch
 
-    from ._check import _is_elementwise, check_grad
+    from ._autograd import is_elementwise
+    from ._check import check_grad
     from ._search import infer_domain, parse_domain
 
     target = _target(args.function, args.reference)
@@ -757,7 +764,7 @@ def _run_check(args: argparse.Namespace, dtype: Any, device: Any, seed: int) -> 
         mode, table = "at", [tuple(_rounded(at, dtype))]
         report = check_grad(target.f, *[torch.tensor(v, dtype=torch.float64) for v in table[0]], **options)
         drawn = 1
-    elif args.examples is None and _is_elementwise(target.f, len(names), dtype):
+    elif args.examples is None and is_elementwise(target.f, len(names), dtype):
         mode, table = "spot", _table_points(target, domain, dtype, device)
         columns = _spot_points(target, domain, args.points, dtype, device, seed)
         if table:  # the points shown are checked too, first
@@ -910,7 +917,7 @@ def _as_json(run: _Run) -> dict[str, Any]:
         reproduce=run.reproduce,
         reproduce_python=report.reproduce if run.mode != "spot" else "",
     )
-    data["worst"] = [dict(asdict(p), inputs=dict(zip(names, p.inputs))) for p in report.worst]
+    data["worst"] = [dict(asdict(p), exact=p.exact, inputs=dict(zip(names, p.inputs))) for p in report.worst]
     return _finite(data)
 
 
@@ -981,7 +988,7 @@ def _plot(args: argparse.Namespace) -> int:
         return 2
     import torch
 
-    from ._check import _is_elementwise
+    from ._autograd import is_elementwise
     from ._compare import ulp
     from ._oracle import evaluate
 
@@ -998,7 +1005,7 @@ def _plot(args: argparse.Namespace) -> int:
     name = target.names[0]
     x = torch.linspace(low, high, args.points, dtype=torch.float64).to(dtype).to(torch.float64)
     leaf = x.to(dtype=dtype, device=device).clone().requires_grad_(True)
-    if _is_elementwise(target.f, 1, dtype):
+    if is_elementwise(target.f, 1, dtype):
         y = target.f(leaf)
         (grad,) = torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
         grad = torch.zeros_like(leaf) if grad is None else grad

@@ -1,26 +1,32 @@
 """Stage 5: judge autograd's values against the exact ones.
 
-The tolerance is decided here, and only here.
-
-An element passes when::
+The tolerance is decided here, and only here. An element passes when::
 
     |autograd - exact| <= atol + rtol * max(|exact|, scale)
 
-where ``scale`` is the size of the computation rather than of its result: the sum of the
-magnitudes of the derivative's terms (so that 2x·eˣ + x²eˣ near x = -2, where the terms
-cancel, is judged against the terms), plus how much the derivative moves when each input
-moves by its own size (so that sin(1e5·x), whose argument carries a rounding error of
-1e5·|x|·eps, is judged against what its own rounding allows). Without an explicit
-``rtol``/``atol`` they come from :data:`DEFAULT_TOLERANCES`.
+where ``scale`` is the rounding error a correct autograd may make, from the error model
+(:mod:`autocheck._error_model`): the size of the terms where the chain rule sums paths
+that cancel, what a local derivative computed from a rounded saved output may lose, and
+how rounded intermediates move the result. Without an explicit ``rtol``/``atol`` they come
+from :data:`DEFAULT_TOLERANCES`.
+
+Judgement comes in two tiers. Nearly every element of a correct gradient passes a cheap
+test against a float64 value of the exact derivative that the oracle trusts,
+``|autograd - exact| <= atol + rtol * |exact|``; only the others get the full error
+model, exact values refined in high precision, the kink test and ULP figures. The
+report is built from reductions, so a check of a million elements keeps no per-element
+table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+import math
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
+from ._budget import OutOfTime
 
 
 class Tolerance(NamedTuple):
@@ -33,10 +39,10 @@ def _eps(dtype: torch.dtype) -> float:
 
 
 #: Default (rtol, atol) per dtype. rtol is a small multiple of the dtype's machine epsilon
-#: and applies to the size of the computation (see the module docstring), so it can be far
-#: tighter than finite-difference checkers can afford: a 1e-4 relative error in float64, or
-#: a float32 gradient computed through float16, fails. atol is the smallest normal number:
-#: below it, gradients legitimately underflow.
+#: and applies to the rounding error a correct autograd may make (see the module
+#: docstring), so it can be far tighter than finite-difference checkers can afford: a
+#: 1e-4 relative error in float64, or a float32 gradient computed through float16, fails.
+#: atol is the smallest normal number: below it, gradients legitimately underflow.
 #:
 #: ========  ==================  ===========
 #: dtype     rtol                atol
@@ -66,22 +72,19 @@ def tolerance_for(dtype: torch.dtype, rtol: float | None, atol: float | None) ->
     if rtol is None:
         return DEFAULT_TOLERANCES[dtype]
     for name, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{name} must be a non-negative number, got {name}={value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {name}={value!r}")
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(
+                f"{name} must be a finite number >= 0, got {name}={value!r}: an infinite or NaN tolerance would "
+                "pass any gradient. Give a finite value (e.g. rtol=1e-6, atol=1e-9), or neither for the defaults"
+            )
+    if rtol >= 1:
+        raise ValueError(
+            f"rtol={rtol!r} allows errors as large as the gradient itself, so a gradient of the wrong sign or "
+            "zero would pass; give rtol < 1 (e.g. rtol=1e-6)"
+        )
     return Tolerance(float(rtol), float(atol))
-
-
-@dataclass
-class Judgement:
-    """Per-element verdict. All tensors are flat float64 (or bool) of one length."""
-
-    passed: torch.Tensor  # bool: within tolerance, or accepted at a kink
-    kink: torch.Tensor  # bool: outside tolerance but accepted as a one-sided derivative at a kink
-    skipped: torch.Tensor  # bool: not judged (forward or exact value not finite)
-    abs_error: torch.Tensor
-    rel_error: torch.Tensor
-    ulp_error: torch.Tensor
-    allowed: torch.Tensor
 
 
 _DIGITS = {torch.float64: 53, torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}
@@ -94,146 +97,277 @@ def ulp(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(values, dtype=torch.float64), exponent - _DIGITS[dtype])
 
 
-def judge(
-    autograd: torch.Tensor,
-    exact: torch.Tensor,
-    scale: torch.Tensor,
-    skip: torch.Tensor,
-    dtype: torch.dtype,
-    tol: Tolerance,
-) -> Judgement:
-    """Compare flat autograd values (any dtype) with exact float64 values.
-
-    ``scale`` is the size of the computation (see the module docstring); ``skip`` marks
-    elements not to judge (forward value not finite).
-    """
-    a = autograd.to(torch.float64)
-    e = exact
+def step(values: torch.Tensor, ulps: float, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` moved by ``ulps`` units in the last place of ``dtype`` (negative: down)."""
     info = torch.finfo(dtype)
-    exact_finite = torch.isfinite(e)
-    skipped = skip | ~exact_finite
+    spacing = torch.maximum(ulp(values, dtype), torch.full_like(values, info.tiny * info.eps))
+    return values + ulps * spacing
+
+
+# --------------------------------------------------------------------------------------
+# What a judgement keeps: counts and the worst elements
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One judged gradient element."""
+
+    inputs: tuple[float, ...]  # the point: one value per parameter (tensor inputs: the element's own value)
+    where: str  # which gradient: "d/dx", "d/dw[0, 1]", ...
+    autograd: float  # what autograd put in .grad (the upstream gradient included)
+    expected: float  # the exact value of the same quantity
+    upstream: float | None  # the upstream gradient v of this element (order 1), else None
+    abs_error: float
+    rel_error: float
+    ulp_error: float
+    allowed: float
+    failed: bool
+    index: tuple[int, ...] | None = None  # the element's index in its tensor input
+
+    @property
+    def exact(self) -> float:
+        """The exact derivative itself (the upstream gradient divided out where there is one)."""
+        return self.expected / self.upstream if self.upstream else self.expected
+
+
+#: Rows a judgement keeps: the failing ones first, then the largest errors.
+WORST_ROWS = 5
+#: Failing elements whose points a judgement keeps for the search to shrink.
+FAILING_POINTS = 256
+#: Failing elements whose positions in the batch a judgement keeps (the shrinker's batches
+#: are far smaller; a million positions would cost tens of megabytes of Python ints).
+FAILING_INDICES = 4096
+
+
+@dataclass
+class Verdict:
+    """What one or more judgements found, as counts and a few rows (merged across batches)."""
+
+    checked: int = 0
+    failed: int = 0
+    kinks: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    max_ulp: float = 0.0
+    max_rel: float = 0.0
+    worst: list[Row] = field(default_factory=list)
+    failing: list[tuple[float, ...]] = field(default_factory=list)  # points, for the search
+    failing_index: set[int] = field(default_factory=set)  # positions in the judged batch (the first ones)
+
+    def skip(self, reason: str, count: int) -> None:
+        if count:
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
+
+    def merge(self, other: "Verdict") -> None:
+        self.checked += other.checked
+        self.failed += other.failed
+        self.kinks += other.kinks
+        for reason, count in other.skipped.items():
+            self.skip(reason, count)
+        self.max_ulp = max(self.max_ulp, other.max_ulp)
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.worst = sorted([*self.worst, *other.worst], key=_rank, reverse=True)[:WORST_ROWS]
+        room = FAILING_POINTS - len(self.failing)
+        self.failing += other.failing[:room]
+        self.failing_index |= other.failing_index
+
+
+def _rank(row: Row) -> tuple[bool, float]:
+    return (row.failed, row.ulp_error if not math.isnan(row.ulp_error) else math.inf)
+
+
+# --------------------------------------------------------------------------------------
+# The judgement
+# --------------------------------------------------------------------------------------
+
+NOT_FINITE_INPUT = "input not finite"
+NOT_FINITE_FORWARD = "forward value not finite"
+NOT_FINITE_EXACT = "exact derivative not finite"
+OUT_OF_TIME = "not reached before the deadline"
+
+
+@dataclass
+class Elements:
+    """One gradient's elements to judge, flat and aligned (float64 unless said)."""
+
+    autograd: torch.Tensor  # x.grad, in the checked dtype or float64
+    expected: torch.Tensor  # the cotangent times the float64 value of the exact derivative
+    trusted: torch.Tensor  # bool: the oracle vouches for ``expected`` without refinement
+    skip: torch.Tensor  # bool: not judged (forward value not finite, or input not finite)
+    skip_input: torch.Tensor  # bool: the part of ``skip`` where an input is not finite
+    upstream: torch.Tensor | None  # the cotangent per element (order 1), for rows and overflow
+    where: str | Callable[[int], str]  # the label, or one per element
+    point: Callable[[torch.Tensor], torch.Tensor]  # indices -> [k, n_params] float64 points
+    index: Callable[[int], tuple[int, ...] | None] = lambda k: None
+
+
+@dataclass
+class Refinement:
+    """The tier-two evaluations, on the elements that did not pass the cheap test."""
+
+    expected: Callable[[torch.Tensor], torch.Tensor]  # indices -> refined expected values
+    scale: Callable[[torch.Tensor], torch.Tensor]  # indices -> |cotangent| * allowance of the error model
+    # (indices, autograd, allowed) -> accepted at a kink; None where no kink test applies (order 2)
+    kink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
+
+
+def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Tolerance) -> Verdict:
+    """Judge every element of one gradient; return the counts and the worst rows."""
+    verdict = Verdict()
+    got = elements.autograd.reshape(-1).to(torch.float64)
+    expected = elements.expected.reshape(-1)
+    skip = elements.skip.reshape(-1)
+    difference = (got - expected).abs()
+    quick = elements.trusted.reshape(-1) & (difference <= tol.atol + tol.rtol * expected.abs())
+    quick &= ~skip
+    bad_input = int(elements.skip_input.sum())
+    verdict.skip(NOT_FINITE_INPUT, bad_input)
+    verdict.skip(NOT_FINITE_FORWARD, int(skip.sum()) - bad_input)
+    rest = (~quick & ~skip).nonzero().reshape(-1)
+    passed_quickly = int(quick.sum())
+    verdict.checked += passed_quickly
+    if passed_quickly:
+        relative = torch.where(quick, difference / expected.abs(), 0.0).nan_to_num(nan=0.0, posinf=0.0)
+        k = int(torch.argmax(relative))
+        verdict.max_rel = float(relative[k])
+        verdict.worst.append(_row(elements, torch.tensor([k]), got, expected, tol, dtype, torch.tensor([False]))[0])
+        verdict.max_ulp = verdict.worst[0].ulp_error
+    if rest.numel():
+        verdict.merge(_judge_rest(elements, refine, rest, got, dtype, tol))
+    return verdict
+
+
+def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_all: torch.Tensor,
+                dtype: torch.dtype, tol: Tolerance) -> Verdict:
+    verdict = Verdict()
+    info = torch.finfo(dtype)
+    got = got_all[rest]
+    try:
+        expected = refine.expected(rest).reshape(-1).to(got.device)
+    except OutOfTime:
+        verdict.skip(OUT_OF_TIME, rest.numel())
+        return verdict
+    finite = torch.isfinite(expected)
+    verdict.skip(NOT_FINITE_EXACT, int((~finite).sum()))
+    scale = refine.scale(rest).reshape(-1).to(got.device).nan_to_num(nan=0.0, posinf=info.max)
+    allowed = tol.atol + tol.rtol * torch.maximum(expected.abs(), scale)
+    difference = (got - expected).abs()
+    within = (difference <= allowed) & torch.isfinite(got)
     # An exact value beyond the dtype's range rounds to inf: then inf is the right answer.
-    overflows = e.abs() > info.max
-    diff = (a - e).abs()
-    # A bound that overflows float64 means the computation is that ill-conditioned
-    # (sin(1e5 * x) at x = 1e300): then any finite value is as good as another.
-    allowed = tol.atol + tol.rtol * torch.maximum(e.abs(), scale.nan_to_num(nan=0.0, posinf=info.max))
-    within = (diff <= allowed) & torch.isfinite(a)
-    within |= overflows & (a == torch.sign(e) * torch.inf)
-    passed = within | skipped
-    rel = torch.where(e != 0, diff / e.abs(), torch.where(diff == 0, 0.0, torch.inf)).nan_to_num(nan=torch.inf, posinf=torch.inf)
-    return Judgement(
-        passed=passed,
-        kink=torch.zeros_like(passed),
-        skipped=skipped,
-        abs_error=torch.where(skipped, 0.0, diff.nan_to_num(nan=torch.inf, posinf=torch.inf)),
-        rel_error=torch.where(skipped, 0.0, rel),
-        ulp_error=torch.where(skipped, 0.0, (diff / ulp(e, dtype)).nan_to_num(nan=torch.inf, posinf=torch.inf)),
-        allowed=allowed,
-    )
+    upstream = elements.upstream.reshape(-1)[rest].to(got.device) if elements.upstream is not None else None
+    derivative = expected / upstream if upstream is not None else expected
+    within |= (derivative.abs() > info.max) & (got == torch.sign(expected) * torch.inf)
+    judged = finite
+    failing = judged & ~within
+    if refine.kink is not None and bool(failing.any()):
+        # Only where autograd has a finite value can it lie between the one-sided derivatives.
+        candidates = (failing & torch.isfinite(got)).nonzero().reshape(-1)
+        if candidates.numel():
+            accepted = refine.kink(rest[candidates], got[candidates], allowed[candidates]).to(got.device)
+            accepted_index = candidates[accepted]
+            failing[accepted_index] = False
+            verdict.kinks += int(accepted.sum())
+    verdict.checked += int(judged.sum())
+    verdict.failed += int(failing.sum())
+    at_kink = torch.zeros_like(failing)
+    if verdict.kinks:
+        at_kink[accepted_index] = True
+    ranked = judged & ~at_kink
+    ulps = (difference / ulp(expected, dtype)).nan_to_num(nan=math.inf, posinf=math.inf)
+    ulps = torch.where(ranked, ulps, -1.0)
+    relative = torch.where(expected != 0, difference / expected.abs(), torch.where(difference == 0, 0.0, math.inf))
+    relative = torch.where(ranked, relative.nan_to_num(nan=math.inf), -1.0)
+    if bool(ranked.any()):
+        verdict.max_ulp = float(ulps.max())
+        verdict.max_rel = float(relative.max())
+        key = torch.where(failing, ulps.clamp(max=1e300) + 1e300, ulps)  # failures first
+        top = torch.topk(key, min(WORST_ROWS, int(ranked.sum()))).indices
+        verdict.worst = _row(elements, rest[top], got_all, None, tol, dtype, failing[top], expected[top], allowed[top])
+    if verdict.failed:
+        where = rest[failing.nonzero().reshape(-1)]
+        verdict.failing_index = set(where[:FAILING_INDICES].tolist())
+        verdict.failing = [tuple(p) for p in elements.point(where[:FAILING_POINTS]).tolist()]
+    return verdict
 
 
-def between(value: torch.Tensor, bounds: list[torch.Tensor], allowed: torch.Tensor) -> torch.Tensor:
-    """Elements of ``value`` that lie between the smallest and largest of ``bounds``.
+def _row(elements: Elements, index: torch.Tensor, got_all: torch.Tensor, expected_all: torch.Tensor | None,
+         tol: Tolerance, dtype: torch.dtype, failed: torch.Tensor, expected: torch.Tensor | None = None,
+         allowed: torch.Tensor | None = None) -> list[Row]:
+    got = got_all[index]
+    if expected is None:
+        expected = expected_all[index]
+    if allowed is None:
+        allowed = tol.atol + tol.rtol * expected.abs()
+    difference = (got - expected).abs()
+    ulps = (difference / ulp(expected, dtype)).nan_to_num(nan=math.inf, posinf=math.inf)
+    relative = torch.where(expected != 0, difference / expected.abs(), torch.where(difference == 0, 0.0, math.inf))
+    points = elements.point(index).tolist()
+    upstream = elements.upstream.reshape(-1)[index].tolist() if elements.upstream is not None else [None] * len(points)
+    rows = []
+    for j, k in enumerate(index.tolist()):
+        where = elements.where if isinstance(elements.where, str) else elements.where(k)
+        rows.append(Row(
+            inputs=tuple(points[j]), where=where, autograd=float(got[j]), expected=float(expected[j]),
+            upstream=upstream[j], abs_error=float(difference[j]), rel_error=float(relative[j]),
+            ulp_error=float(ulps[j]), allowed=float(allowed[j]), failed=bool(failed[j]), index=elements.index(k),
+        ))
+    return rows
 
-    At a kink (relu, abs, clamp at its bound, max at a tie) the derivative jumps, and any
-    value between the one-sided derivatives is a valid choice: torch documents its own.
+
+# --------------------------------------------------------------------------------------
+# Kinks
+# --------------------------------------------------------------------------------------
+
+#: The kink test looks this many ULPs of the checked dtype to each side for the one-sided
+#: derivatives, and this many further out to tell a kink (whose gap stays when the step
+#: shrinks) from a steep but smooth derivative (whose gap shrinks with the step).
+KINK_NEAR_ULPS = 2.0
+KINK_FAR_ULPS = 2.0**12
+#: Elements per judgement that get the kink test; beyond them, failures stay failures.
+KINK_BUDGET = 4096
+
+
+def kink_test(
+    points: torch.Tensor,
+    got: torch.Tensor,
+    expected_at: Callable[[torch.Tensor], torch.Tensor],
+    allowed: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Which of the failing elements sit at a kink with autograd between the one-sided derivatives.
+
+    ``points`` is ``[k, n_params]`` (float64), ``got`` autograd's value, ``expected_at``
+    the exact weighted derivative at moved points (same layout), ``allowed`` the tolerance.
+    At a kink (relu, abs, clamp at its bound, max at a tie, wherever it lies) the derivative
+    jumps, and any value between the one-sided derivatives is a valid choice: torch documents
+    its own.
     """
-    stacked = torch.stack(bounds)
-    low = stacked.nan_to_num(nan=torch.inf).amin(0) - allowed
-    high = stacked.nan_to_num(nan=-torch.inf).amax(0) + allowed
-    v = value.to(torch.float64)
-    return (v >= low) & (v <= high)
+    points = points[:KINK_BUDGET]
+    near, far = [], []
+    for k in range(points.shape[1]):
+        for ulps, sides in ((KINK_NEAR_ULPS, near), (KINK_FAR_ULPS, far)):
+            for direction in (-1.0, 1.0):
+                moved = points.clone()
+                moved[:, k] = step(points[:, k], direction * ulps, dtype)
+                sides.append(expected_at(moved).reshape(-1))
+    near_values, far_values = torch.stack(near), torch.stack(far)
+    gap_near = _gap(near_values)
+    is_kink = (gap_near > 0) & (gap_near >= 0.5 * _gap(far_values))
+    low = near_values.nan_to_num(nan=math.inf).amin(0) - allowed[: len(points)]
+    high = near_values.nan_to_num(nan=-math.inf).amax(0) + allowed[: len(points)]
+    value = got[: len(points)].to(torch.float64)
+    accepted = is_kink & (value >= low) & (value <= high)
+    out = torch.zeros(len(got), dtype=torch.bool, device=got.device)
+    out[: len(points)] = accepted.to(got.device)
+    return out
 
 
-#: :func:`underflow_symbol` stands for the absolute error of one operation whose result underflows (a gradient
-#: computed through subnormal or flushed-to-zero intermediates), in units of rtol; the
-#: check substitutes ``smallest normal / rtol`` of the dtype.
-def underflow_symbol() -> Any:
-    import sympy
-
-    return sympy.Symbol("underflow_", positive=True)
+def _gap(values: torch.Tensor) -> torch.Tensor:
+    return (values.amax(0) - values.amin(0)).nan_to_num(nan=0.0)
 
 
-def rounding_abs(e: Any) -> Any:
-    """|e| for real values: SymPy writes |exp(erfinv(x)**2)| with re() and im() when it
-    cannot prove the argument real; here re(a) is a and im(a) is 0."""
-    import sympy
-
-    value = sympy.Abs(e)
-    if value.has(sympy.re, sympy.im):
-        value = value.replace(lambda a: isinstance(a, sympy.re), lambda a: a.args[0])
-        value = value.replace(lambda a: isinstance(a, sympy.im), lambda a: sympy.Integer(0))
-    return value
-
-
-def torch_printable_orders(expr: Any) -> bool:
-    """Whether the Bessel functions in ``expr`` have the orders torch has (0 and 1)."""
-    import sympy
-
-    return all(b.args[0] in (0, 1) for b in expr.atoms(sympy.besseli, sympy.besselj, sympy.bessely, sympy.besselk))
-
-
-def rounding_scale(expr: Any) -> Any:
-    """A SymPy expression for the rounding error of evaluating ``expr`` in floating point,
-    in units of the unit roundoff (a first-order running error bound).
-
-    Inputs are exact; every operation rounds its result (one unit of its magnitude, and at
-    least the :func:`underflow_symbol`, for results below the normal range) and
-    passes on its operands' errors weighted by its partial derivatives: a sum carries the
-    errors of its terms (so cancellation near a root is judged against the terms, not the
-    tiny result), and cos(1e5·x) carries the rounding of 1e5·x times |sin|.
-    """
-    import sympy
-
-    floor = underflow_symbol()
-
-    abs_ = rounding_abs
-    cache: dict[Any, Any] = {}
-
-    def error(e: Any) -> Any:
-        if e in cache:
-            return cache[e]
-        if e.is_Symbol or e.is_Integer or isinstance(e, (sympy.logic.boolalg.Boolean,)) and not isinstance(e, sympy.Expr):
-            result = sympy.Integer(0)
-        elif e.is_Number or e.is_NumberSymbol:
-            result = abs_(e)
-        elif isinstance(e, sympy.Piecewise):
-            result = sympy.Piecewise(*[(error(value), condition) for value, condition in e.args])
-        elif e.is_Add:
-            result = sympy.Add(*[error(a) for a in e.args]) + abs_(e) + floor
-        elif e.is_Mul:
-            factors = e.args
-            terms = []
-            for i, a in enumerate(factors):
-                rest = sympy.Mul(*[abs_(b) for j, b in enumerate(factors) if j != i])
-                # A factor (or a partial product holding it) that underflows loses up to one
-                # floor unit, which the remaining factors then scale up.
-                terms.append((error(a) + floor) * rest)
-            result = sympy.Add(*terms) + (len(factors) - 1) * abs_(e)
-        elif e.is_Pow:
-            base, exponent = e.args
-            result = abs_(e) + floor
-            if base.free_symbols:
-                result += abs_(exponent * base ** (exponent - 1)) * error(base)
-            if exponent.free_symbols:
-                result += abs_(e * sympy.log(abs_(base))) * error(exponent)
-        elif isinstance(e, sympy.Function) and e.args:
-            result = abs_(e) + floor
-            for k, argument in enumerate(e.args, start=1):
-                if not argument.free_symbols:
-                    continue
-                try:
-                    partial = e.fdiff(k)
-                except Exception:  # noqa: BLE001 - no derivative known: count the argument's error as is
-                    partial = sympy.Integer(1)
-                if partial.has(sympy.Derivative, sympy.Subs) or not torch_printable_orders(partial):
-                    partial = sympy.Integer(1)
-                partial = partial.replace(lambda d: isinstance(d, sympy.DiracDelta), lambda d: sympy.Integer(0))
-                result += abs_(partial) * error(argument)
-        else:
-            result = abs_(e)
-        cache[e] = result
-        return result
-
-    return error(sympy.sympify(expr))
+def merge_all(verdicts: Sequence[Verdict]) -> Verdict:
+    total = Verdict()
+    for v in verdicts:
+        total.merge(v)
+    return total

@@ -57,16 +57,13 @@ from __future__ import annotations
 
 import ast
 import collections
-import contextlib
 import difflib
 import functools
 import inspect
 import math
 import operator
 import re
-import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple, Union
@@ -74,6 +71,9 @@ from typing import Any, NamedTuple, Union
 import sympy
 import torch
 import torch.nn.functional as F
+
+from ._budget import interrupt_after
+from ._errors import DeadlineExceeded
 
 __all__ = [
     "CONSTANTS",
@@ -135,48 +135,6 @@ class ExpressionError(ValueError):
 
 class _Refused(Exception):
     """A builder declined its arguments; the walker adds the position."""
-
-
-class _OutOfTime(BaseException):
-    """Raised from inside SymPy when building takes too long.
-
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` in SymPy
-    can swallow it.
-    """
-
-    node: ast.AST | None = None
-
-
-@contextlib.contextmanager
-def _time_budget(seconds: float) -> Iterator[None]:
-    """Interrupt the Python code run in this block (this thread only) after ``seconds``.
-
-    SymPy decides the sign of a constant such as ``3**1e-300 - 1`` from its minimal
-    polynomial, of degree 10**300, which takes forever. The size guards stop the
-    predictable blow-ups; this is the backstop for the rest. It needs the profile hook, so
-    it is skipped while a profiler or debugger holds that hook.
-    """
-    if sys.getprofile() is not None:
-        # A profiler (or debugger) owns the hook; stacking on it would break it.
-        yield
-        return
-    deadline = time.monotonic() + seconds
-    events = 0
-
-    def check(frame: Any, event: str, arg: Any) -> None:
-        nonlocal events
-        events += 1
-        # Only on entering a Python function: raised on a C call, mpmath's bare `except:`
-        # around math.frexp would swallow it (and CPython drops a hook that raised).
-        if event == "call" and events > 255 and time.monotonic() > deadline:
-            events = 0
-            raise _OutOfTime
-
-    sys.setprofile(check)
-    try:
-        yield
-    finally:
-        sys.setprofile(None)
 
 
 def _digits(value: sympy.Rational) -> float:
@@ -727,6 +685,7 @@ class _Walker:
         self.first_seen: dict[str, tuple[int, int]] = {}
         self.variable_uses = 0
         self.symbols: dict[str, sympy.Symbol] = {}
+        self.stopped_at: ast.AST | None = None  # the innermost node being built when time ran out
 
     # --- errors -----------------------------------------------------------------------
 
@@ -768,14 +727,14 @@ class _Walker:
                                             "or keep it symbolic.") from None
         except ExpressionError:
             raise
-        except _OutOfTime as out:
-            out.node = out.node or node  # the innermost node being built when time ran out
-            raise
         except RecursionError:
             raise self.error(node, "the formula is too deeply nested to build", "Lower max_depth.") from None
         except Exception as exc:  # SymPy's own failures, e.g. "The argument ... is not comparable"
             raise self.error(node, f"`{self.segment(node)}` could not be built in SymPy: {type(exc).__name__}: {exc}",
                              "Check the arguments of this call.") from None
+        except BaseException:  # the time budget's interrupt (or Ctrl-C) on its way out
+            self.stopped_at = self.stopped_at or node
+            raise
         self._check_value(node, result[0])
         if self.variable_uses == uses:  # no variable below this node: a constant
             self._check_float(node, *result)
@@ -900,12 +859,12 @@ class _Walker:
             return self._condition(node, depth + 1)
         except ExpressionError:
             raise
-        except _OutOfTime as out:
-            out.node = out.node or node
-            raise
         except Exception as exc:
             raise self.error(node, f"condition `{self.segment(node)}` could not be built in SymPy: {type(exc).__name__}: {exc}",
                              "Compare real-valued expressions.") from None
+        except BaseException:
+            self.stopped_at = self.stopped_at or node
+            raise
 
     def _condition(self, node: ast.AST, depth: int) -> _SymPair:
         if isinstance(node, ast.Compare):
@@ -1068,13 +1027,14 @@ def parse_expression(text: str, *, max_length: int = 2000, max_depth: int = 50) 
 
     walker = _Walker(source, max_depth, text, indent)
     try:
-        with _time_budget(MAX_BUILD_SECONDS):
+        with interrupt_after(MAX_BUILD_SECONDS, "building the formula in SymPy", "Raise MAX_BUILD_SECONDS."):
             expr, torch_root = walker.expr(tree.body, 1)
             _check_atoms(walker, tree.body, expr)
-    except _OutOfTime as out:
+    except DeadlineExceeded:
+        node = walker.stopped_at or tree.body
         raise walker.error(
-            out.node or tree.body,
-            f"building `{walker.segment(out.node or tree.body)}` in SymPy took longer than "
+            node,
+            f"building `{walker.segment(node)}` in SymPy took longer than "
             f"{MAX_BUILD_SECONDS:g} s (MAX_BUILD_SECONDS)",
             "SymPy evaluates constants exactly; a constant that needs hundreds of digits to decide "
             "its sign or integer part takes too long. Write a simpler constant.",

@@ -1,11 +1,12 @@
-"""SymPy expressions to torch (and mpmath) callables.
+"""SymPy expressions to torch, arb and mpmath callables.
 
 SymPy 1.14 ships a torch printer, but it crashes or answers wrongly on several
 shapes that symbolic derivatives produce all the time (``torch.sqrt(2)``,
 ``Heaviside``, ``Max(x, 0.4)``, ``gamma``, Piecewise without a default, ...).
 :class:`_TorchPrinter` closes those gaps. Every function translation lives in
-:data:`SYMPY_TO_TORCH` (and :data:`SYMPY_TO_MPMATH` for the exact reference),
-so adding one is a single :func:`register_sympy_function` call.
+:data:`SYMPY_TO_TORCH` (and :data:`SYMPY_TO_ARB`, :data:`SYMPY_TO_MPMATH` for
+the exact reference: arb balls first, mpmath where arb has no translation), so
+adding one is a single :func:`register_sympy_function` call.
 
 >>> import sympy, torch
 >>> x = sympy.Symbol("x", real=True)
@@ -35,6 +36,14 @@ Conventions where SymPy has no real floating-point value:
   ``LambertW`` on its principal branch (Halley's iteration, a few ULP);
   anything else raises :class:`TranslationError` with the registration that
   fixes it.
+
+The arb printer (:func:`to_arb`, the exact reference) keeps the same values,
+with its numbers exact or computed at the working precision, and all orders of
+polygamma and the Bessel functions. Where a ball cannot decide (a Piecewise
+condition, a domain edge, a divisor whose ball holds 0) it raises
+:class:`Undecided` rather than pick a side; at an exact pole (``1/0``,
+``gamma(0)``, ``log(0)``) it raises ZeroDivisionError as mpmath does, so that
+the oracle can look for a limit and otherwise keep torch's IEEE value.
 """
 
 from __future__ import annotations
@@ -47,20 +56,25 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
+import flint
 import mpmath
 import sympy
 import torch
+from flint import acb, arb, fmpq
 from sympy.codegen import cfunctions
-from sympy.printing.pycode import MpmathPrinter
+from sympy.printing.pycode import MpmathPrinter, PythonCodePrinter
 from sympy.printing.pytorch import TorchPrinter
 
 from autocheck._errors import TranslationError
 
 __all__ = [
+    "SYMPY_TO_ARB",
     "SYMPY_TO_MPMATH",
     "SYMPY_TO_TORCH",
+    "Undecided",
     "Undefined",
     "register_sympy_function",
+    "to_arb",
     "to_mpmath",
     "to_torch",
 ]
@@ -80,6 +94,15 @@ class Undefined(Exception):
 
     Unlike a division by zero, this is not a removable singularity: the oracle
     reports nan and does not look for a limit.
+    """
+
+
+class Undecided(Exception):
+    """An arb ball straddles a decision at this precision: evaluate again with more bits.
+
+    A Piecewise condition, a domain edge (``sqrt`` of a ball around 0) or a
+    divisor whose ball holds 0. No precision decides a point that sits exactly
+    on the boundary but is computed inexactly; the caller then falls back to mpmath.
     """
 
 
@@ -333,12 +356,374 @@ _BUILTIN_MPMATH: dict[type, Implementation] = {
     sympy.Not: lambda a: not a,
 }
 
+
+# --- arb helpers -------------------------------------------------------------------
+#
+# Every value is a real ball (midpoint, radius) at the current flint.ctx.prec. A
+# translation either returns a ball that certainly holds the true value, returns
+# nan where the true value is certainly not real, raises ZeroDivisionError at an
+# exact pole (like mpmath: the oracle then takes a limit), or raises Undecided
+# when the ball straddles a decision (a domain edge, a zero divisor, a
+# comparison) that more precision may settle.
+
+
+def _ball(value: Any) -> arb:
+    return value if isinstance(value, arb) else arb(value)
+
+
+def _is_exact_integer(value: arb) -> bool:
+    return bool(value.is_exact() and value.is_integer())
+
+
+class _Real:
+    """One arb function with real-valued semantics and decided edges.
+
+    ``domain(*args)`` says whether the arguments certainly lie in the closed
+    domain (True), certainly outside it (False: the value is nan, not real), or
+    straddle its edge (None: Undecided). A non-finite ball from ``compute`` is a
+    pole where ``pole(*args)`` holds at exact arguments, else a ball too wide or
+    a precision too low for arb (exp(1e300) needs ~1000 bits): Undecided.
+    """
+
+    def __init__(
+        self,
+        compute: Callable[..., arb],
+        *,
+        domain: Callable[..., bool | None] | None = None,
+        pole: Callable[..., bool] | None = None,
+        name: str = "",
+    ) -> None:
+        self.compute, self.domain, self.pole = compute, domain, pole
+        self.name = name or getattr(compute, "__name__", "function")
+
+    def __call__(self, *values: Any) -> arb:
+        args = [_ball(v) for v in values]
+        if any(a.is_nan() for a in args):
+            return arb.nan()
+        inside = True if self.domain is None else self.domain(*args)
+        if inside is False:
+            return arb.nan()
+        if inside is None:
+            raise Undecided(f"{self.name}: the argument straddles the edge of the domain")
+        value = _ball(self.compute(*args))
+        if value.is_finite():
+            return value
+        if self.pole is not None and all(a.is_exact() for a in args) and self.pole(*args):
+            raise ZeroDivisionError(f"{self.name} has a pole here")
+        raise Undecided(f"{self.name}: no finite ball at {flint.ctx.prec} bits")
+
+
+def _interval(low: Any = None, high: Any = None) -> Callable[[arb], bool | None]:
+    """Domain [low, high] (either end may be missing), decided on balls."""
+
+    def domain(x: arb, *rest: arb) -> bool | None:
+        lo = None if low is None else _ball(low() if callable(low) else low)
+        hi = None if high is None else _ball(high() if callable(high) else high)
+        if (lo is not None and x < lo) or (hi is not None and x > hi):
+            return False
+        if (lo is None or x >= lo) and (hi is None or x <= hi):
+            return True
+        return None
+
+    return domain
+
+
+def _outside_interval(low: Any, high: Any) -> Callable[[arb], bool | None]:
+    """Domain: everything but the open interval (low, high), as for asec or acoth."""
+
+    def domain(x: arb) -> bool | None:
+        if x <= low or x >= high:
+            return True
+        if x > low and x < high:
+            return False
+        return None
+
+    return domain
+
+
+def _at(*points: int) -> Callable[[arb], bool]:
+    return lambda x, *rest: any(x == p for p in points)
+
+
+def _nonpositive_integer(x: arb, *rest: arb) -> bool:
+    return _is_exact_integer(x) and x <= 0
+
+
+def _arb_reciprocal(value: Any) -> arb:
+    value = _ball(value)
+    if value.is_nan():
+        return value
+    if value.is_zero():
+        raise ZeroDivisionError("division by zero")
+    if value.contains(0):
+        raise Undecided("the divisor's ball contains 0")
+    return 1 / value
+
+
+def _arb_integer_power(base: Any, n: int) -> arb:
+    base = _ball(base)
+    if n >= 0 or base.is_nan():
+        return base**n
+    return _arb_reciprocal(base ** (-n))
+
+
+def _arb_rational_power(base: Any, p: int, q: int) -> arb:
+    """base**(p/q) with q > 1: nan for a negative base (real-valued semantics, as torch)."""
+    base = _ball(base)
+    if base.is_nan() or base < 0:
+        return arb.nan()
+    if base.is_zero():
+        if p < 0:
+            raise ZeroDivisionError("0 to a negative power")
+        return base
+    if not base > 0:
+        raise Undecided("power: the base's ball contains 0")
+    root = base.sqrt() if q == 2 else base.root(q)
+    return _arb_integer_power(root, p)
+
+
+def _arb_power(base: Any, exponent: Any) -> arb:
+    """base**exponent for a symbolic exponent, with torch's real-valued semantics."""
+    base, exponent = _ball(base), _ball(exponent)
+    if base.is_nan() or exponent.is_nan():
+        return arb.nan()
+    if _is_exact_integer(exponent):
+        return _arb_integer_power(base, int(exponent.unique_fmpz()))
+    if base > 0:
+        value = base**exponent
+        if value.is_finite():
+            return value
+        raise Undecided(f"power: no finite ball at {flint.ctx.prec} bits")
+    if base.is_zero():
+        if exponent > 0:
+            return base
+        if exponent < 0:
+            raise ZeroDivisionError("0 to a negative power")
+        raise Undecided("0 to a power whose ball contains 0")
+    if base < 0 and not exponent.contains_integer():
+        return arb.nan()  # a negative number to a non-integer power is not real
+    raise Undecided("power: the base's ball contains 0, or the exponent's an integer")
+
+
+def _arb_compare(left: Any, right: Any, operator: str) -> bool:
+    """A comparison decided on balls: nan compares as in IEEE (only != holds)."""
+    left, right = _ball(left), _ball(right)
+    if left.is_nan() or right.is_nan():
+        return operator == "!="
+    if operator in ("<", ">="):
+        if left < right:
+            return operator == "<"
+        if left >= right:
+            return operator == ">="
+    elif operator in (">", "<="):
+        if left > right:
+            return operator == ">"
+        if left <= right:
+            return operator == "<="
+    elif left == right or left != right:  # == and != hold only when certain
+        return (left == right) == (operator == "==")
+    raise Undecided(f"cannot decide {left} {operator} {right} at {flint.ctx.prec} bits")
+
+
+def _arb_heaviside(x: Any, at_zero: Any = fmpq(1, 2)) -> arb:
+    x = _ball(x)
+    if x.is_nan():
+        return x
+    if x.is_zero():
+        return _ball(at_zero)
+    if x > 0 or x < 0:
+        return arb(int(x > 0))
+    raise Undecided("Heaviside: the argument's ball contains 0")
+
+
+def _arb_dirac_delta(x: Any, *order: Any) -> arb:
+    x = _ball(x)
+    if x.is_nan() or x.is_zero():
+        raise Undefined("DiracDelta has no value at 0")
+    if x != 0:
+        return arb(0)
+    raise Undecided("DiracDelta: the argument's ball contains 0")
+
+
+def _arb_acot(x: arb) -> arb:
+    if x.is_zero():
+        return arb.pi() / 2  # SymPy's acot(0), as mpmath's
+    if x.contains(0):
+        raise Undecided("acot: the argument's ball contains 0")
+    return (1 / x).atan()
+
+
+def _arb_loggamma(x: arb) -> arb:
+    # log|gamma|, as torch.lgamma: arb's real lgamma stops at 0, the complex one's
+    # real part is log|gamma| everywhere.
+    return x.lgamma() if x > 0 else acb(x).lgamma().real
+
+
+@functools.lru_cache(maxsize=None)
+def _cot_derivative(n: int) -> tuple[int, ...]:
+    """Coefficients (in cot) of the n-th derivative of cot: P0 = c, P(k+1) = -(1 + c²)·P(k)'."""
+    if n == 0:
+        return (0, 1)
+    previous = _cot_derivative(n - 1)
+    slope = [k * c for k, c in enumerate(previous)][1:] or [0]
+    result = [0] * (len(slope) + 2)
+    for k, c in enumerate(slope):
+        result[k] -= c
+        result[k + 2] -= c
+    return tuple(result)
+
+
+def _arb_polygamma(order: arb, x: arb) -> arb:
+    if not (_is_exact_integer(order) and order >= 0):
+        raise ValueError("polygamma of a non-integer or negative order has no arb translation")  # -> mpmath
+    n = int(order.unique_fmpz())
+    if n == 0:
+        return x.digamma()
+    if x > 0:
+        return acb(x).polygamma(acb(n)).real
+    # Reflection: arb's complex polygamma does not converge far left of 0 (trigamma
+    # at -1e10 - 0.5), but cot(pi·x) reduces x exactly:
+    # psi_n(x) = (-1)**n · psi_n(1 - x) - pi**(n+1) · P_n(cot(pi·x)).
+    cot = x.cot_pi()
+    p = sum((c * cot**k for k, c in enumerate(_cot_derivative(n)) if c), arb(0))
+    return (-1) ** n * acb(1 - x).polygamma(acb(n)).real - arb.pi() ** (n + 1) * p
+
+
+def _arb_zeta(s: arb, a: arb | None = None) -> arb:
+    return s.zeta() if a is None else s.zeta(a)
+
+
+def _arb_lambert_w(x: arb, branch: arb | None = None) -> arb:
+    return x.lambertw() if branch is None else x.lambertw(int(branch.unique_fmpz()))
+
+
+def _negative_exp1() -> arb:
+    return -arb(-1).exp()  # -1/e, the branch point of Lambert W
+
+
+def _lambert_domain(x: arb, branch: arb | None = None) -> bool | None:
+    if branch is None or branch.is_zero():
+        return _interval(_negative_exp1)(x)
+    if branch == -1:
+        return _interval(_negative_exp1, 0)(x)
+    return False  # the other branches are not real
+
+
+def _bessel(method: str, real_at_negative: bool) -> _Real:
+    """J, Y, I, K of any real order; J and I of integer order are real at negative x."""
+
+    def domain(order: arb, x: arb) -> bool | None:
+        if real_at_negative and _is_exact_integer(order):
+            return True
+        return _interval(0)(x)
+
+    return _Real(
+        lambda order, x: getattr(x, method)(order),
+        domain=domain,
+        pole=lambda order, x: x.is_zero(),
+        name=method,
+    )
+
+
+def _arb_cbrt(x: arb) -> arb:
+    return x.sgn() * abs(x).root(3)
+
+
+def _arb_maximum(*args: arb) -> arb:
+    return functools.reduce(lambda a, b: a.max(b), args)  # rigorous on balls: no branch is picked
+
+
+def _arb_minimum(*args: arb) -> arb:
+    return functools.reduce(lambda a, b: a.min(b), args)
+
+
+def _arb_mod(a: arb, b: arb) -> arb:
+    return a - b * (a / b).floor()  # the sign of b, as torch.remainder and SymPy's Mod
+
+
+def _arb_method(name: str, **edges: Any) -> _Real:
+    return _Real(getattr(arb, name), name=name, **edges)
+
+
+_ZERO_POLE = {"pole": _at(0)}
+
+_BUILTIN_ARB: dict[type, Implementation | _Real | None] = {
+    sympy.exp: _arb_method("exp"),
+    sympy.log: _arb_method("log", domain=_interval(0), pole=_at(0)),
+    sympy.sin: _arb_method("sin"),
+    sympy.cos: _arb_method("cos"),
+    sympy.tan: _arb_method("tan"),
+    sympy.sec: _arb_method("sec"),
+    sympy.csc: _arb_method("csc", **_ZERO_POLE),
+    sympy.cot: _arb_method("cot", **_ZERO_POLE),
+    sympy.asin: _arb_method("asin", domain=_interval(-1, 1)),
+    sympy.acos: _arb_method("acos", domain=_interval(-1, 1)),
+    sympy.atan: _arb_method("atan"),
+    sympy.acot: _Real(_arb_acot, name="acot"),
+    sympy.asec: _Real(lambda x: (1 / x).acos(), domain=_outside_interval(-1, 1), name="asec"),
+    sympy.acsc: _Real(lambda x: (1 / x).asin(), domain=_outside_interval(-1, 1), name="acsc"),
+    sympy.atan2: _Real(arb.atan2, name="atan2"),
+    sympy.sinh: _arb_method("sinh"),
+    sympy.cosh: _arb_method("cosh"),
+    sympy.tanh: _arb_method("tanh"),
+    sympy.sech: _arb_method("sech"),
+    sympy.csch: _arb_method("csch", **_ZERO_POLE),
+    sympy.coth: _arb_method("coth", **_ZERO_POLE),
+    sympy.asinh: _arb_method("asinh"),
+    sympy.acosh: _arb_method("acosh", domain=_interval(1)),
+    sympy.atanh: _arb_method("atanh", domain=_interval(-1, 1), pole=_at(-1, 1)),
+    sympy.asech: _Real(lambda x: (1 / x).acosh(), domain=_interval(0, 1), pole=_at(0), name="asech"),
+    sympy.acsch: _Real(lambda x: (1 / x).asinh(), pole=_at(0), name="acsch"),
+    sympy.acoth: _Real(lambda x: (1 / x).atanh(), domain=_outside_interval(-1, 1), pole=_at(-1, 1), name="acoth"),
+    sympy.Abs: _Real(abs, name="Abs"),
+    sympy.re: _real_part,
+    sympy.im: lambda x: 0 * _ball(x),
+    sympy.sign: _arb_method("sgn"),
+    sympy.floor: _arb_method("floor"),
+    sympy.ceiling: _arb_method("ceil"),
+    sympy.Mod: _Real(_arb_mod, pole=lambda a, b: b.is_zero(), name="Mod"),
+    sympy.Max: _Real(_arb_maximum, name="Max"),
+    sympy.Min: _Real(_arb_minimum, name="Min"),
+    sympy.Heaviside: _arb_heaviside,
+    sympy.DiracDelta: _arb_dirac_delta,
+    sympy.sinc: _arb_method("sinc"),
+    sympy.erf: _arb_method("erf"),
+    sympy.erfc: _arb_method("erfc"),
+    sympy.erfinv: _arb_method("erfinv", domain=_interval(-1, 1), pole=_at(-1, 1)),
+    sympy.erfcinv: _arb_method("erfcinv", domain=_interval(0, 2), pole=_at(0, 2)),
+    sympy.gamma: _arb_method("gamma", pole=_nonpositive_integer),
+    sympy.loggamma: _Real(_arb_loggamma, pole=_nonpositive_integer, name="loggamma"),
+    sympy.zeta: _Real(_arb_zeta, pole=lambda s, *a: s == 1, name="zeta"),
+    sympy.LambertW: _Real(_arb_lambert_w, domain=_lambert_domain, pole=lambda x, *k: x.is_zero(), name="LambertW"),
+    sympy.polygamma: _Real(_arb_polygamma, pole=lambda n, x: _nonpositive_integer(x), name="polygamma"),
+    sympy.besselj: _bessel("bessel_j", real_at_negative=True),
+    sympy.bessely: _bessel("bessel_y", real_at_negative=False),
+    sympy.besseli: _bessel("bessel_i", real_at_negative=True),
+    sympy.besselk: _bessel("bessel_k", real_at_negative=False),
+    cfunctions.log1p: _arb_method("log1p", domain=_interval(-1), pole=_at(-1)),
+    cfunctions.expm1: _arb_method("expm1"),
+    cfunctions.exp2: _Real(lambda x: arb(2) ** x, name="exp2"),
+    cfunctions.log2: _Real(lambda x: x.log_base(2), domain=_interval(0), pole=_at(0), name="log2"),
+    cfunctions.log10: _Real(lambda x: x.log_base(10), domain=_interval(0), pole=_at(0), name="log10"),
+    cfunctions.Sqrt: _arb_method("sqrt", domain=_interval(0)),
+    cfunctions.Cbrt: _Real(_arb_cbrt, name="Cbrt"),
+    cfunctions.hypot: _Real(lambda a, b: (a**2 + b**2).sqrt(), name="hypot"),
+    sympy.And: lambda *a: all(a),
+    sympy.Or: lambda *a: any(a),
+    sympy.Xor: lambda *a: sum(map(bool, a)) % 2 == 1,
+    sympy.Not: lambda a: not a,
+}
+
+
 #: SymPy function class -> torch implementation: a callable taking tensors, a
 #: dotted ``"torch...."`` name, or a mapping from an order (the first argument,
 #: an integer) to either. The first map holds user registrations.
 SYMPY_TO_TORCH: collections.ChainMap = collections.ChainMap({}, _BUILTIN_TORCH)
 #: SymPy function class -> mpmath implementation (callable or ``"mpmath...."``).
 SYMPY_TO_MPMATH: collections.ChainMap = collections.ChainMap({}, _BUILTIN_MPMATH)
+#: SymPy function class -> arb implementation (a callable on ``flint.arb`` balls or
+#: a ``"flint...."`` name); None means "none: the reference uses mpmath's".
+SYMPY_TO_ARB: collections.ChainMap = collections.ChainMap({}, _BUILTIN_ARB)
 
 
 def register_sympy_function(
@@ -346,6 +731,7 @@ def register_sympy_function(
     torch_implementation: Implementation | Mapping[int, Implementation],
     *,
     mpmath_implementation: Implementation | None = None,
+    arb_implementation: Implementation | None = None,
 ) -> None:
     """Teach the printers one SymPy function.
 
@@ -358,6 +744,11 @@ def register_sympy_function(
             first argument is an integer order that selects a kernel.
         mpmath_implementation: the same for the exact reference (mpmath numbers
             in, an mpmath number out); needed only when mpmath lacks it.
+        arb_implementation: the same on ``flint.arb`` balls at the current
+            ``flint.ctx.prec`` (a ball that certainly holds the value), e.g.
+            ``"flint.arb.erfi"``. It is the reference's first choice; without
+            it, a function registered with an mpmath implementation (or with
+            no builtin arb translation) is referenced by mpmath alone.
 
     Example:
         >>> import sympy, torch
@@ -378,6 +769,13 @@ def register_sympy_function(
     if mpmath_implementation is not None:
         _check_implementation("mpmath_implementation", mpmath_implementation, "mpmath", orders=False)
         SYMPY_TO_MPMATH[sympy_function] = mpmath_implementation
+    if arb_implementation is not None:
+        _check_implementation("arb_implementation", arb_implementation, "flint", orders=False)
+        SYMPY_TO_ARB[sympy_function] = arb_implementation
+    elif mpmath_implementation is not None or sympy_function not in _BUILTIN_ARB:
+        SYMPY_TO_ARB[sympy_function] = None  # a stale or builtin arb translation would disagree with it
+    else:
+        SYMPY_TO_ARB.maps[0].pop(sympy_function, None)
     SYMPY_TO_TORCH[sympy_function] = torch_implementation
     global _registrations
     _registrations += 1
@@ -409,10 +807,23 @@ def _check_implementation(name: str, value: Any, module: str, *, orders: bool) -
 
 @functools.lru_cache(maxsize=None)
 def _resolve(dotted: str, argument: str = "implementation") -> Callable[..., Any]:
-    module_name, _, attribute = dotted.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
+    # The longest importable prefix is the module; the rest are attributes
+    # ("torch.special.erfcx", "flint.arb.erfi": arb is a class).
+    parts = dotted.split(".")
+    error: Exception = ImportError(f"No module named {parts[0]!r}")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError as failure:
+            error = failure
+            continue
+        try:
+            for attribute in parts[split:]:
+                found = getattr(found, attribute)
+        except AttributeError as failure:
+            raise ValueError(f"{argument}={dotted!r} names nothing: {failure}") from None
+        break
+    else:
         raise ValueError(f"{argument}={dotted!r} names nothing: {error}") from None
     if not callable(found):
         raise ValueError(f"{argument}={dotted!r} is not callable")
@@ -432,7 +843,7 @@ def _missing(expr: sympy.Basic, target: str) -> TranslationError:
     call = (
         f"register_sympy_function({_class_name(cls)}, torch_implementation)"
         if target == "torch"
-        else f"register_sympy_function({_class_name(cls)}, torch_implementation, mpmath_implementation=...)"
+        else f"register_sympy_function({_class_name(cls)}, torch_implementation, {target}_implementation=...)"
     )
     return TranslationError(
         f"No {target} translation for the SymPy function {cls.__name__} (in {expr}). "
@@ -633,6 +1044,117 @@ class _MpmathPrinter(_TablePrinter, MpmathPrinter):
         return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
 
 
+class _ArbPrinter(_TablePrinter, PythonCodePrinter):
+    """Python code over flint.arb balls, every number exact or computed at the working precision.
+
+    Division, powers and comparisons go through the ``_arb_*`` helpers, which
+    raise ZeroDivisionError at an exact zero divisor and Undecided where a ball
+    straddles the decision. User registrations are wrapped in :class:`_Real`
+    (nan in, nan out; a non-finite ball is Undecided).
+    """
+
+    _target = "arb"
+    _helpers = {
+        "_arb_rational": lambda p, q: arb(fmpq(p, q)),
+        "_arb_integer_power": _arb_integer_power,
+        "_arb_rational_power": _arb_rational_power,
+        "_arb_power": _arb_power,
+        "_arb_compare": _arb_compare,
+        "_arb_nan": arb.nan,
+        "_arb_pos_inf": arb.pos_inf,
+        "_arb_neg_inf": arb.neg_inf,
+        "_arb_pi": arb.pi,
+        "_arb_e": arb.const_e,
+        "_arb_euler": arb.const_euler,
+        "_arb_catalan": arb.const_catalan,
+    }
+    _constants = {
+        sympy.pi: "_arb_pi()",
+        sympy.E: "_arb_e()",
+        sympy.EulerGamma: "_arb_euler()",
+        sympy.Catalan: "_arb_catalan()",
+    }
+
+    def __init__(self, table: Mapping[type, Any], settings: dict[str, Any] | None = None) -> None:
+        super().__init__(table, settings)
+        self.namespace.update(self._helpers)
+
+    def _print(self, expr: Any, **kwargs: Any) -> str:
+        if isinstance(expr, sympy.Basic) and type(expr) in self._table and self._table[type(expr)] is None:
+            raise _missing(expr, self._target)  # registered with mpmath only: the reference is mpmath's
+        return super()._print(expr, **kwargs)
+
+    def _name(self, cls: type) -> str:
+        fresh = cls not in self._names
+        name = super()._name(cls)
+        user = isinstance(self._table, collections.ChainMap) and cls in self._table.maps[0]
+        if fresh and user and not isinstance(self.namespace[name], _Real):
+            self.namespace[name] = _Real(self.namespace[name], name=cls.__name__)
+        return name
+
+    def _print_Integer(self, expr: sympy.Integer) -> str:
+        return str(int(expr))  # Python ints: exact in every arb operation
+
+    _print_Zero = _print_Integer
+
+    def _print_Rational(self, expr: sympy.Rational) -> str:
+        return f"_arb_rational({int(expr.p)}, {int(expr.q)})"
+
+    _print_Half = _print_Rational
+
+    def _print_Float(self, expr: sympy.Float) -> str:
+        return self._print_Rational(sympy.Rational(expr))  # a Float is a binary fraction: exact
+
+    def _print_NumberSymbol(self, expr: sympy.NumberSymbol) -> str:
+        if expr in self._constants:
+            return self._constants[expr]
+        rewritten = expr.rewrite(sympy.sqrt)  # GoldenRatio, TribonacciConstant
+        if isinstance(rewritten, sympy.NumberSymbol):
+            raise TranslationError(f"No arb translation for the constant {expr}")
+        return self._print(rewritten)
+
+    _print_Pi = _print_Exp1 = _print_EulerGamma = _print_Catalan = _print_GoldenRatio = _print_NumberSymbol
+
+    def _print_ImaginaryUnit(self, expr: sympy.Basic) -> str:
+        raise TranslationError("No arb translation for I: arb balls are real; the mpmath reference handles it")
+
+    def _print_Infinity(self, expr: sympy.Basic) -> str:
+        return "_arb_pos_inf()"
+
+    def _print_NegativeInfinity(self, expr: sympy.Basic) -> str:
+        return "_arb_neg_inf()"
+
+    def _print_NaN(self, expr: sympy.Basic) -> str:
+        return "_arb_nan()"
+
+    _print_ComplexInfinity = _print_NaN
+
+    def _print_Mul(self, expr: sympy.Mul) -> str:
+        # Each factor on its own: a Pow(b, -1) factor prints as a checked reciprocal,
+        # never as Python's "/" (which gives arb's silent nan for a ball holding 0).
+        return "*".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Pow(self, expr: sympy.Pow, rational: bool = False) -> str:
+        base, exponent = expr.args
+        if exponent.is_Integer:
+            return f"_arb_integer_power({self._print(base)}, {int(exponent)})"
+        if exponent.is_Rational:
+            return f"_arb_rational_power({self._print(base)}, {int(exponent.p)}, {int(exponent.q)})"
+        return f"_arb_power({self._print(base)}, {self._print(exponent)})"
+
+    def _print_Relational(self, expr: sympy.core.relational.Relational) -> str:
+        return f"_arb_compare({self._print(expr.lhs)}, {self._print(expr.rhs)}, {expr.rel_op!r})"
+
+    def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
+        code = "_arb_nan()"  # no branch holds -> undefined
+        for value, condition in reversed(expr.args):
+            if condition == sympy.true:
+                code = self._print(value)
+            elif condition != sympy.false:
+                code = f"(({self._print(value)}) if ({self._print(condition)}) else ({code}))"
+        return code
+
+
 # --- the callables -----------------------------------------------------------------
 
 
@@ -648,7 +1170,9 @@ def _lambdify(
     args = [sympy.Symbol(f"_a{i}") for i in range(len(symbols))]
     renamed = [e.xreplace(dict(zip(symbols, args))) for e in exprs]
     namespace = {**printer.namespace, module: importlib.import_module(module)}
-    return sympy.lambdify([*args, *extra], renamed, modules=[namespace, module], printer=printer, cse=True)
+    # lambdify has no namespace of its own for flint: the arb printer names all it calls.
+    modules = [namespace] if module == "flint" else [namespace, module]
+    return sympy.lambdify([*args, *extra], renamed, modules=modules, printer=printer, cse=True)
 
 
 def to_torch(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -729,3 +1253,45 @@ def to_mpmath(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable
     exprs, symbols = _prepare(exprs, symbols)
     compiled = _lambdify(_MpmathPrinter(SYMPY_TO_MPMATH), symbols, exprs, "mpmath")
     return lambda *values: tuple(compiled(*values))
+
+
+def to_arb(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[..., tuple[arb, ...]]:
+    """Compile SymPy expressions into one function of ``flint.arb`` balls.
+
+    The result takes one arb (or float, int) per symbol and returns one arb
+    per expression, computed at the current ``flint.ctx.prec``: a ball that
+    certainly holds the true value, or nan where the value is certainly not
+    real. Numbers are exact (Rationals, Floats) or computed at the working
+    precision (pi, sqrt(2), log(2)), never folded to 53 bits.
+
+    Raises, when called:
+        Undecided: a ball straddles a comparison, a domain edge or a zero
+            divisor at this precision; more bits may decide it.
+        ZeroDivisionError: an exact pole (1/0, gamma(0), log(0)): no value
+            here, though a limit may exist.
+        Undefined: DiracDelta at 0.
+
+    Raises:
+        TranslationError: a function has no arb translation (including one
+            registered with only an mpmath implementation), or the expression
+            holds I or an unevaluated Derivative, Subs, Integral or Limit.
+
+    Example:
+        >>> import sympy, flint
+        >>> x = sympy.Symbol("x", real=True)
+        >>> flint.ctx.prec = 80
+        >>> to_arb([sympy.exp(x) / (1 + sympy.exp(x))], [x])(800.0)
+        ([1.0000000000000000000000 +/- 7.05e-24],)
+        >>> flint.ctx.prec = 53
+    """
+    exprs, symbols = _prepare(exprs, symbols)
+    compiled = _lambdify(_ArbPrinter(SYMPY_TO_ARB), symbols, exprs, "flint")
+    n = len(symbols)
+
+    def evaluate(*values: Any) -> tuple[arb, ...]:
+        if len(values) != n:
+            raise TypeError(f"Expected {n} arguments, one per symbol in {symbols}, but got {len(values)}")
+        return tuple(_ball(v) for v in compiled(*[_ball(v) for v in values]))
+
+    evaluate.__doc__ = f"Evaluate {exprs} at {symbols} on arb balls."
+    return evaluate

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
+from ._autograd import Fault
+from ._compare import Row
+from ._trace import function_name
 
-@dataclass(frozen=True)
-class Point:
-    """One judged gradient element."""
-
-    inputs: tuple[float, ...]  # the input values (one per parameter; tensor mode: the element's own inputs)
-    where: str  # which gradient: "d/dx", "d/dw[0, 1]", ...
-    autograd: float
-    exact: float
-    abs_error: float
-    rel_error: float
-    ulp_error: float
-    allowed: float
+__all__ = ["Report", "build_report", "function_name"]
 
 
 @dataclass
@@ -25,16 +18,20 @@ class Report:
     """The outcome of :func:`autocheck.check_grad`.
 
     Attributes:
-        ok: True when every judged element is within tolerance.
-        checked: number of gradient elements judged.
+        ok: True when every judged element is within tolerance and autograd's machinery
+            passed gradcheck's structural checks.
+        checked: number of gradient elements judged (failures and kinks included).
         failed: number of elements outside tolerance.
         skipped: number of elements not judged, by reason.
+        kinks: elements accepted at a kink (between the one-sided derivatives).
         max_ulp: largest error in units in the last place of ``dtype``.
         max_rel: largest relative error.
-        worst: the worst points (failures first), at most ``max_rows``.
+        worst: the worst elements (failures first), at most five.
+        faults: defects of the backward itself (not reentrant, changes saved tensors, ...).
         formula: the exact derivative, as text.
         counterexample: on failure, the input values of the simplest failing point, one per parameter.
         reproduce: one line of Python that replays the failure.
+        timed_out: the deadline ended the check before every point was judged.
     """
 
     ok: bool
@@ -48,7 +45,7 @@ class Report:
     skipped: dict[str, int]
     max_ulp: float
     max_rel: float
-    worst: list[Point]
+    worst: list[Row]
     formula: str
     rtol: float
     atol: float
@@ -56,6 +53,10 @@ class Report:
     counterexample: tuple[Any, ...] | None = None
     reproduce: str = ""
     notes: list[str] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    kinks: int = 0
+    strict: bool = False
+    timed_out: bool = False
 
     def __bool__(self) -> bool:
         return self.ok
@@ -64,10 +65,149 @@ class Report:
         return format_report(self)
 
 
+# --------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------
+
+
+def build_report(
+    check: Any,
+    verdict: Any,
+    faults: Sequence[Fault],
+    *,
+    inputs: Sequence[Any] | None = None,
+    counterexample: tuple[float, ...] | None = None,
+    domain: Any = None,
+    reference: Any = None,
+    timed_out: bool = False,
+) -> Report:
+    """The report of one check from its merged verdict."""
+    derivatives = check.derivatives
+    tensor_mode = not derivatives.scalar
+    names = ("value",) if tensor_mode else tuple(derivatives.names)
+    if counterexample is None and verdict.failing:
+        counterexample = _simplest(verdict.failing)
+    notes = []
+    if domain is not None:
+        notes.append(f"Domain: {domain.describe()}")
+    if verdict.kinks:
+        notes.append(
+            f"Accepted at kinks: {verdict.kinks} elements where autograd returned a value between the "
+            "one-sided derivatives (relu, abs, clamp, max at ties)"
+        )
+    extreme = _extreme(verdict.worst, check.dtype)
+    if extreme:
+        notes.append(
+            "Note: at the worst failing points the inputs are extreme (beyond the square root of the smallest or "
+            f"largest {_dtype_name(check.dtype)} number) and autograd's value is not finite or is zero while the "
+            "exact derivative is neither: an intermediate of the backward formula (such as x**2 + y**2) "
+            "underflows or overflows there. For a torch built-in, the defect is in torch's backward at those inputs."
+        )
+    if timed_out:
+        notes.append(
+            "Stopped at the deadline: the counts above are what was checked in time; pass deadline= "
+            "(seconds, or None) to check more"
+        )
+    report = Report(
+        ok=verdict.failed == 0 and not faults,
+        function=check.name,
+        names=names,
+        dtype=_dtype_name(check.dtype),
+        device=str(check.device),
+        order=derivatives.order,
+        checked=verdict.checked,
+        failed=verdict.failed,
+        skipped=dict(verdict.skipped),
+        max_ulp=verdict.max_ulp,
+        max_rel=verdict.max_rel,
+        worst=[r for r in verdict.worst if r.failed] or list(verdict.worst),
+        formula=derivatives.formula,
+        rtol=check.tol.rtol,
+        atol=check.tol.atol,
+        seed=check.seed,
+        counterexample=tuple(shortest(v, check.dtype) for v in counterexample) if counterexample else None,
+        notes=notes,
+        faults=list(faults),
+        kinks=verdict.kinks,
+        strict=check.strict,
+        timed_out=timed_out,
+    )
+    if not report.ok:
+        report.reproduce = _reproduce(check, inputs, report.counterexample, reference)
+    return report
+
+
+def _simplest(points: Sequence[tuple[float, ...]]) -> tuple[float, ...]:
+    from ._search import simplest
+
+    return simplest(list(points))
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def shortest(value: float, dtype: Any) -> float:
+    """The shortest decimal that reads back as the same ``dtype`` value (4.1, not 4.099999904632568)."""
+    import torch
+
+    if not math.isfinite(value):
+        return value
+    for digits in range(1, 18):
+        candidate = float(f"{value:.{digits}g}")
+        if float(torch.tensor(candidate, dtype=torch.float64).to(dtype)) == value:
+            return candidate
+    return value
+
+
+def _extreme(rows: Sequence[Row], dtype: Any) -> bool:
+    import torch
+
+    info = torch.finfo(dtype)
+    low, high = info.tiny**0.5, info.max**0.5
+    for row in rows:
+        if not row.failed:
+            continue
+        magnitudes = [abs(v) for v in row.inputs if v == v]
+        extreme = any((0 < m < low) or m > high for m in magnitudes)
+        broken = not math.isfinite(row.autograd) or (row.autograd == 0 and row.expected != 0)
+        if extreme and broken and math.isfinite(row.expected):
+            return True
+    return False
+
+
+def _tensor_repr(x: Any, dtype: Any) -> str:
+    if x.numel() <= 8:
+        return f"torch.tensor({x.detach().cpu().double().tolist()!r}, dtype={dtype})"
+    return f"<tensor of shape {tuple(x.shape)}>"
+
+
+def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[float, ...] | None, reference: Any) -> str:
+    if inputs is not None:
+        tensors = [_tensor_repr(x, check.dtype) for x in inputs]
+    elif counterexample is not None:
+        tensors = [f"torch.tensor({v!r}, dtype={check.dtype})" for v in counterexample]
+    else:
+        tensors = []
+    options = [f"dtype={check.dtype}", f"device={str(check.device)!r}", f"seed={check.seed}"]
+    if check.derivatives.order != 1:
+        options.append(f"order={check.derivatives.order}")
+    if check.strict:
+        options.append("strict=True")
+    if reference is not None:
+        options.append("reference=reference")
+    return f"autocheck.assert_grad_matches({', '.join(['f', *tensors, *options])})"
+
+
+# --------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------
+
+
 def _fmt(value: float) -> str:
     if value != value:
         return "nan"
-    if value in (float("inf"), float("-inf")):
+    if value in (math.inf, -math.inf):
         return "inf" if value > 0 else "-inf"
     if value == int(value) and abs(value) < 1e15:
         return f"{value:.1f}"
@@ -75,7 +215,7 @@ def _fmt(value: float) -> str:
 
 
 def _fmt_err(value: float) -> str:
-    if value != value or value == float("inf"):
+    if value != value or value == math.inf:
         return "inf"
     return f"{value:.3g}"
 
@@ -87,15 +227,25 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
     return lines
 
 
+def _shown(row: Row) -> tuple[float, float]:
+    """Autograd's and the exact derivative, the upstream gradient divided out where there is one."""
+    if row.upstream:
+        return row.autograd / row.upstream, row.expected / row.upstream
+    return row.autograd, row.expected
+
+
+def _where(row: Row) -> str:
+    return row.where + (f"[{', '.join(map(str, row.index))}]" if row.index else "")
+
+
 def points_table(report: Report) -> list[str]:
     header = [*report.names, "grad", "autograd", "exact", "abs err", "rel err", "ULP"]
     rows = []
-    for p in report.worst:
-        inputs = [_fmt(v) for v in p.inputs] + [""] * (len(report.names) - len(p.inputs))
-        rows.append(
-            [*inputs[: len(report.names)], p.where, _fmt(p.autograd), _fmt(p.exact),
-             _fmt_err(p.abs_error), _fmt_err(p.rel_error), _fmt_err(p.ulp_error)]
-        )
+    for row in report.worst:
+        inputs = [_fmt(v) if v == v else "" for v in row.inputs] + [""] * (len(report.names) - len(row.inputs))
+        autograd, exact = _shown(row)
+        rows.append([*inputs[: len(report.names)], _where(row), _fmt(autograd), _fmt(exact),
+                     _fmt_err(row.abs_error), _fmt_err(row.rel_error), _fmt_err(row.ulp_error)])
     return table(rows, header)
 
 
@@ -103,23 +253,26 @@ def format_report(report: Report) -> str:
     """The report as text: headline, counts, worst points, formula, reproduce line."""
     kind = "gradient" if report.order == 1 else f"order-{report.order} derivative"
     total = report.checked
+    where = f"({report.dtype}, {report.device}{', strict' if report.strict else ''})"
     lines = []
     if report.ok:
-        lines.append(f"{kind} of {report.function} matches the exact derivative ({report.dtype}, {report.device})")
+        lines.append(f"{kind} of {report.function} matches the exact derivative {where}")
     else:
-        lines.append(f"{kind} of {report.function} does not match the exact derivative ({report.dtype}, {report.device})")
+        lines.append(f"{kind} of {report.function} does not match the exact derivative {where}")
+    for fault in report.faults:
+        lines.append(f"{fault.headline[0].upper()}{fault.headline[1:]}: {fault.detail}")
+    if report.failed or not report.ok:
         share = 100.0 * report.failed / max(total, 1)
         lines.append(f"Mismatched elements: {report.failed} / {total} ({share:.1f}%) (up to 0 allowed)")
-    if report.worst:
+    if report.worst and report.failed:
         top = report.worst[0]
-        at = ", ".join(f"{n} = {_fmt(v)}" for n, v in zip(report.names, top.inputs))
+        at = ", ".join(f"{n} = {_fmt(v)}" for n, v in zip(report.names, top.inputs) if v == v)
         lines.append(
             f"Greatest difference: {_fmt_err(top.abs_error)} absolute, {_fmt_err(top.ulp_error)} ULP "
-            f"({_fmt_err(top.rel_error)} relative) in {top.where} at {at} (up to {_fmt_err(top.allowed)} allowed)"
+            f"({_fmt_err(top.rel_error)} relative) in {_where(top)} at {at} (up to {_fmt_err(top.allowed)} allowed)"
         )
-    lines.append(
-        f"Tolerance: rtol={report.rtol:.3g} of the size of the derivative's terms, atol={report.atol:.3g}"
-    )
+    lines.append(f"Tolerance: rtol={report.rtol:.3g} of the rounding error a correct autograd may make, "
+                 f"atol={report.atol:.3g}")
     skipped = sum(report.skipped.values())
     if skipped:
         reasons = ", ".join(f"{n} {why}" for why, n in report.skipped.items() if n)
@@ -129,6 +282,9 @@ def format_report(report: Report) -> str:
     if report.worst:
         lines.append("Worst points:" if report.ok else "Failing points (worst first):")
         lines += points_table(report)
+        if any(row.upstream for row in report.worst):
+            lines.append("  (backward ran with random upstream gradients v, |v| in [0.5, 0.9]; "
+                         "the autograd column is x.grad / v)")
     lines.append(f"Exact derivative: {report.formula}")
     lines += report.notes
     if report.seed is not None:

@@ -10,6 +10,7 @@ uniform values in [-10, 10]. The bulk comes from torch's generator, seeded, for 
 from __future__ import annotations
 
 import math
+import struct
 from decimal import Decimal
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -164,6 +165,33 @@ def _clip_to(values: torch.Tensor, low: float, high: float, generator: torch.Gen
     return values.clamp(low, high)
 
 
+def points_in_domain(
+    forward: Callable[[list[torch.Tensor]], torch.Tensor],
+    domain: Domain,
+    count: int,
+    dtype: torch.dtype,
+    generator: torch.Generator,
+    name: str,
+) -> list[torch.Tensor]:
+    """``count`` points drawn in ``domain`` where ``forward`` (the function's float64 value) is not nan."""
+    kept: list[list[torch.Tensor]] = [[] for _ in domain.names]
+    have = 0
+    for _ in range(8):
+        batch = draw(max(count, 64), len(domain.names), dtype, domain, generator)
+        inside = ~torch.isnan(forward(batch).expand(batch[0].shape)) & domain.contains(batch)
+        for column, values in zip(kept, batch):
+            column.append(values[inside])
+        have += int(inside.sum())
+        if have >= count:
+            break
+    if have == 0:
+        raise DomainError(
+            f"no point was found where {name} is real-valued (domain: {domain.describe()}); "
+            "give domain= with an interval where the function is defined"
+        )
+    return [torch.cat(c)[:count] for c in kept]
+
+
 # --------------------------------------------------------------------------------------
 # Hypothesis: special values, scalars and seeds; shrinking
 # --------------------------------------------------------------------------------------
@@ -202,67 +230,112 @@ def point_strategy(domain: Domain, dtype: torch.dtype) -> Any:
     return st.tuples(*[floats_in(low, high, dtype) for low, high in domain.intervals])
 
 
-class Found(Exception):
-    """Raised inside a Hypothesis example that found failing points."""
+@dataclass
+class Found:
+    """What a search found: the merged verdict, and the simplest failing point shrunk."""
 
-    def __init__(self, points: list[tuple[float, ...]]) -> None:
-        super().__init__(f"{len(points)} failing point(s), first {points[0]}")
-        self.points = points
+    verdict: Any
+    points: int  # points drawn and judged
+    batches: int
+    counterexample: tuple[float, ...] | None = None
+    timed_out: bool = False
+    replayed: bool = False  # a failing example saved by an earlier run was checked first
 
 
 def search(
-    failures: Callable[[list[torch.Tensor]], torch.Tensor],
+    check: Any,
     domain: Domain,
     dtype: torch.dtype,
     *,
     examples: int,
-    bulk: Callable[[int], list[torch.Tensor]],
+    draw_batch: Callable[[torch.Generator], list[torch.Tensor]],
     seed: int,
-    database_key: str | None,
-    settings: Any = None,
-) -> tuple[float, ...] | None:
-    """Search ``domain`` for a point where ``failures`` flags an error; return the simplest found.
+    deadline: Any,
+    database_key: bytes | None = None,
+) -> Found:
+    """Judge batches of drawn points until one fails, ``examples`` batches are done, or the
+    deadline passes; shrink the simplest failing point.
 
-    Each Hypothesis example is one scalar point (Hypothesis chooses it, covering special
-    values and shrinking it towards simple numbers) plus a bulk batch drawn by torch's
-    generator from a seed that Hypothesis also chooses. ``failures(columns)`` takes one
-    float64 tensor per parameter and returns a bool mask of failing points. The same
-    ``seed`` gives the same search; with a ``database_key``, failing examples are saved in
-    ``.hypothesis/autocheck/<key>`` and replayed first on the next run.
+    ``check.judge(columns, batch)`` returns a verdict with ``failed`` and ``failing``
+    (points); ``check.fails(columns)`` a per-point mask. Batch ``b`` is drawn by
+    ``draw_batch`` from a generator seeded by ``(seed, b)``, so the same seed gives the
+    same points and the same work. With a ``database_key`` (unseeded checks), failing
+    points saved by an earlier run are judged first, and a new counterexample is saved,
+    in Hypothesis's example database.
     """
-    from hypothesis import HealthCheck, Phase, Verbosity, given
-    from hypothesis import seed as hypothesis_seed
-    from hypothesis import settings as hypothesis_settings
-    from hypothesis import strategies as st
-    from hypothesis.database import DirectoryBasedExampleDatabase
+    verdict = None
+    points = batches = 0
+    timed_out = replayed = False
+    saved = _load(database_key) if database_key is not None else []
+    if saved:
+        columns = [torch.tensor([p[k] for p in saved], dtype=torch.float64) for k in range(len(saved[0]))]
+        verdict = check.judge(columns, -4)
+        points += len(saved)
+        replayed = bool(verdict.failed)
+    for batch in range(examples):
+        if verdict is not None and verdict.failed:
+            break
+        if batch and deadline.expired():
+            timed_out = True
+            break
+        columns = draw_batch(torch.Generator().manual_seed(_mix(seed, batch)))
+        found = check.judge(columns, batch)
+        points += columns[0].numel()
+        batches += 1
+        if verdict is None:
+            verdict = found
+        else:
+            verdict.merge(found)
+    result = Found(verdict, points, batches, timed_out=timed_out, replayed=replayed)
+    if verdict is not None and verdict.failed and verdict.failing:
+        first = simplest(verdict.failing)
+        shrunk = shrink(first, check.fails, domain, dtype)
+        verdict.merge(check.judge([torch.tensor([v], dtype=torch.float64) for v in shrunk], -5))
+        result.counterexample = shrunk
+        if database_key is not None:
+            _save(database_key, shrunk)
+    return result
 
-    def probe(point: tuple[float, ...], batch_seed: int) -> None:
-        columns = [torch.tensor([v], dtype=torch.float64) for v in point]
-        extra = bulk(batch_seed)
-        columns = [torch.cat([c, e]) for c, e in zip(columns, extra)]
-        mask = failures(columns)
-        if mask.any():
-            index = mask.nonzero().reshape(-1).tolist()
-            raise Found([tuple(float(c[k]) for c in columns) for k in index])
 
-    database = DirectoryBasedExampleDatabase(f".hypothesis/autocheck/{database_key}") if database_key else None
-    options = dict(
-        max_examples=examples,
-        deadline=None,
-        database=database,
-        verbosity=Verbosity.quiet,
-        suppress_health_check=list(HealthCheck),
-        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
-        print_blob=False,
-    )
-    chosen = hypothesis_settings(settings, **options) if settings is not None else hypothesis_settings(**options)
-    test = given(point_strategy(domain, dtype), st.integers(0, 2**32 - 1))(probe)
-    test = hypothesis_seed(seed)(chosen(test))
-    try:
-        test()
-    except Found as found:
-        return simplest(found.points)
-    return None
+def _mix(seed: int, batch: int) -> int:
+    """A generator seed for batch ``batch`` of a search seeded with ``seed``."""
+    return (seed * 0x9E3779B1 + (batch + 1) * 0x85EBCA77) % 2**63
+
+
+def _database() -> Any:
+    """Hypothesis's configured example database (its active profile), or None.
+
+    Hypothesis is imported only where a project uses it already or keeps a database in
+    the current directory: a check that passes pays nothing for it.
+    """
+    import os
+    import sys
+
+    if "hypothesis" not in sys.modules and not os.path.isdir(".hypothesis"):
+        return None
+    from hypothesis import settings
+
+    return settings().database
+
+
+def _load(key: bytes) -> list[tuple[float, ...]]:
+    database = _database()
+    if database is None:
+        return []
+    found = []
+    for value in database.fetch(key):
+        if len(value) % 8 == 0 and value:
+            found.append(struct.unpack(f"<{len(value) // 8}d", value))
+    widths = {len(p) for p in found}
+    return found if len(widths) == 1 else []
+
+
+def _save(key: bytes, point: tuple[float, ...]) -> None:
+    from hypothesis import settings
+
+    database = settings().database
+    if database is not None:
+        database.save(key, struct.pack(f"<{len(point)}d", *point))
 
 
 def simplicity(point: tuple[float, ...]) -> tuple:

@@ -8,14 +8,16 @@ delta), and ``x.detach()`` is a constant that takes its value back once derivati
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import sympy
 import torch
 
+from ._budget import interrupt_after
 from ._errors import TraceError
-from ._trace import MAX_SYMBOLIC_ELEMENTS, Detached, Trace, trace
+from ._trace import MAX_SYMBOLIC_ELEMENTS, Detached, Trace, function_name, parameter_names, trace
 
 #: Functions whose derivative is zero wherever it exists (torch's gradient is 0 everywhere).
 _STEPS = (sympy.floor, sympy.ceiling, sympy.sign, sympy.frac, sympy.Heaviside)
@@ -72,6 +74,200 @@ def partials(tr: Trace, order: int = 1) -> dict[tuple[int, ...], sympy.Expr]:
 
 def symmetric(table: dict[tuple[int, ...], sympy.Expr], key: Sequence[int]) -> sympy.Expr:
     return table[tuple(sorted(key))]
+
+
+
+# --------------------------------------------------------------------------------------
+# The derivatives a check needs
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One derivative: of output element ``output`` by the flat input symbols ``wrt`` in turn."""
+
+    output: tuple[int, ...]
+    wrt: tuple[int, ...]
+    expr: sympy.Expr  # exact, with autograd's conventions
+    marked: sympy.Expr | None = None  # the same derivative of the op-marked trace, for the error model
+
+
+@dataclass(frozen=True)
+class Derivatives:
+    """The exact side of a check: every derivative it compares, and what they came from.
+
+    For a trace with scalar inputs (an elementwise function) there is one entry per
+    partial derivative (order 2: per ordered pair); for small tensor inputs, one per
+    non-zero element of the Jacobian (order 2: of the Hessian of each output element).
+    """
+
+    names: tuple[str, ...]
+    symbols: tuple[sympy.Symbol, ...]  # flat, one per input element
+    forward: sympy.Expr | None  # the function itself (scalar traces)
+    order: int
+    entries: tuple[Entry, ...]
+    output_shape: tuple[int, ...] = ()
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def scalar(self) -> bool:
+        return all(not s for s in self.input_shapes)
+
+    @property
+    def formula(self) -> str:
+        """The derivatives as text, at most four of them."""
+        limit = 4
+        parts = []
+        seen = set()
+        for entry in self.entries:
+            label = label_of(self.symbols, entry)
+            if label not in seen:
+                seen.add(label)
+                parts.append(f"{label} = {entry.expr}")
+        text = "; ".join(parts[:limit])
+        if len(parts) > limit:
+            text += f"; ... ({len(parts) - limit} more)"
+        return text
+
+
+def label_of(symbols: Sequence[sympy.Symbol], entry: Entry) -> str:
+    """``d/dx``, ``d²/dxdy``, with ``of output[i]`` for an element of a tensor output."""
+    if len(entry.wrt) > 1:
+        label = f"d{_superscript(len(entry.wrt))}/{''.join('d' + str(symbols[i]) for i in entry.wrt)}"
+    else:
+        label = f"d/d{symbols[entry.wrt[0]]}"
+    if entry.output:
+        label += f" of output{list(entry.output)}"
+    return label
+
+
+def _superscript(n: int) -> str:
+    return "".join("⁰¹²³⁴⁵⁶⁷⁸⁹"[int(d)] for d in str(n))
+
+
+def derivatives_of(tr: Trace, order: int, marked: Trace | None = None) -> Derivatives:
+    """The derivatives of ``tr`` that a check of order ``order`` compares.
+
+    Scalar inputs: every partial of that order (a zero one included: autograd must give 0
+    too). Tensor inputs: the derivatives that are not structurally zero (the ones left out
+    are compared with 0 all the same, by the contraction). ``marked`` is the same function
+    traced with its operations kept as op atoms; its derivatives go with each entry, for
+    the error model.
+    """
+    symbols = tuple(tr.flat_symbols)
+    position = {s: k for k, s in enumerate(symbols)}
+    entries = []
+    for out_index in np.ndindex(*tr.output.shape):
+        expr = tr.output[out_index]
+        shadow = marked.output[out_index] if marked is not None else None
+        for wrt in _wrt(expr, symbols, position, order, tensor=not tr.is_scalar):
+            exact = diff(expr, *[symbols[i] for i in wrt])
+            if not tr.is_scalar and exact == 0:
+                continue
+            shadowed = _marked_diff(shadow, [symbols[i] for i in wrt]) if shadow is not None else None
+            entries.append(Entry(tuple(out_index), wrt, exact, shadowed))
+    return Derivatives(
+        names=tuple(tr.names),
+        symbols=symbols,
+        forward=finish(tr.output.item()) if tr.is_scalar else None,
+        order=order,
+        entries=tuple(entries),
+        output_shape=tuple(tr.output.shape),
+        input_shapes=tuple(tuple(s.shape) for s in tr.symbols),
+    )
+
+
+def _wrt(expr: sympy.Expr, symbols, position, order: int, tensor: bool) -> list[tuple[int, ...]]:
+    """Which derivatives of one output element, as tuples of symbol indices."""
+    if not tensor:
+        return list(itertools.product(range(len(symbols)), repeat=order))
+    keys: list[tuple[int, ...]] = [()]
+    current = {(): expr}
+    for _ in range(order):
+        nxt = {}
+        for key, e in current.items():
+            for i in sorted(position[s] for s in e.free_symbols if s in position):
+                nxt[key + (i,)] = sympy.diff(e, symbols[i])
+        current = nxt
+        keys = list(nxt)
+    return keys
+
+
+def _marked_diff(expr: sympy.Expr, symbols: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """The derivative of an op-marked trace, with autograd's conventions (see :func:`finish`)."""
+    for s in symbols:
+        expr = sympy.diff(expr, s)
+    return finish(expr)
+
+
+#: Seconds for tracing and differentiating (user code and SymPy) before giving up.
+SYMBOLIC_BUDGET = 20.0
+
+
+def derivatives_for(
+    f: Callable[..., Any],
+    reference: Any,
+    names: Sequence[str] | None,
+    shapes: Sequence[tuple[int, ...]] | None,
+    dtype: torch.dtype,
+    order: int,
+) -> Derivatives:
+    """Trace the mathematics (``reference`` if given, else ``f``) and differentiate it.
+
+    The error model follows the code as written: it takes ``f``'s own trace with its
+    operations kept as op atoms, where ``f`` can be traced. Tracing and differentiating
+    (user code and SymPy both) stop after :data:`SYMBOLIC_BUDGET` seconds.
+    """
+    what = f"tracing and differentiating {function_name(reference if callable(reference) else f)} (order {order})"
+    fix = "Lower order=, simplify the function, or pass reference= with simpler mathematics."
+    with interrupt_after(SYMBOLIC_BUDGET, what, fix):
+        if isinstance(reference, sympy.Expr):
+            math_trace = _expression_trace(reference, names, shapes)
+        else:
+            math_trace = trace(reference if reference is not None else f, shapes, dtype=dtype, names=names)
+        marked = None
+        if not any(shapes or ()):  # functions of tensors: the formula's rounding stands in (too many nodes)
+            try:
+                marked = trace(f, shapes, dtype=dtype, names=math_trace.names, mark=True)
+            except (TraceError, TypeError):
+                pass  # f cannot be traced (a reference was given): the formula's rounding stands in
+        if marked is not None and marked.output.shape != math_trace.output.shape:
+            marked = None
+        return derivatives_of(math_trace, order, marked)
+
+
+def _expression_trace(expr: sympy.Expr, names: Sequence[str] | None, shapes: Any) -> Trace:
+    """A SymPy expression in symbols named after the parameters, as the trace of an elementwise function."""
+    free = sorted(expr.free_symbols, key=lambda s: s.name)
+    names = tuple(names) if names else tuple(s.name for s in free)
+    unknown = [s.name for s in free if s.name not in names]
+    if unknown:
+        raise ValueError(
+            f"reference mentions {unknown[0]!r}, which is not a parameter of f (parameters: {', '.join(names)}); "
+            "name the symbols after f's parameters"
+        )
+    if shapes is not None and any(shapes):
+        raise ValueError("a SymPy reference describes an elementwise function; pass tensors of any shape it broadcasts over")
+    real = {s: sympy.Symbol(s.name, real=True) for s in free}
+    symbols = tuple(np.array(sympy.Symbol(n, real=True), dtype=object) for n in names)
+    out = np.empty((), dtype=object)
+    out[()] = expr.xreplace(real)
+    return Trace(names=tuple(names), symbols=symbols, output=out, shapes=tuple(() for _ in names))
+
+
+def names_of(f: Callable[..., Any], reference: Any, n_inputs: int | None) -> tuple[str, ...] | None:
+    """The parameter names of a check: ``f``'s, else the reference's, which must take as many."""
+    names = parameter_names(f)
+    if reference is not None and callable(reference) and not isinstance(reference, sympy.Expr):
+        ref_names = parameter_names(reference)
+        arity = len(names) if names is not None else n_inputs
+        if ref_names is not None and arity is not None and len(ref_names) != arity:
+            raise ValueError(
+                f"reference takes {len(ref_names)} inputs ({', '.join(ref_names)}) but f takes {arity}; "
+                "give a reference with the same parameters as f"
+            )
+        return names or ref_names
+    return names
 
 
 # --------------------------------------------------------------------------------------

@@ -6,17 +6,24 @@ SymPy expressions, held in a numpy object array of the tensor's shape. Its
 spellings of one operation (``torch.exp``, ``Tensor.exp``, ``x.exp_()``) into one, and
 answers each with a rule from :data:`TORCH_TO_SYMPY`. Operators without a rule fall back
 to torch's own decompositions into simpler operators.
+
+The trace follows autograd, not only the arithmetic: what the code computes where autograd
+records nothing (``torch.no_grad()``, ``x.detach()``) is a constant, and constants are the
+exact numbers the code runs with (a float32 ``torch.tensor(0.1)`` is 13421773/2**27).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import functools
 import inspect
 import math
 import operator
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import sympy
@@ -70,29 +77,67 @@ def exact_number(value: Any) -> sympy.Expr:
     the user wrote, it is within half an ULP of the float, and it keeps derivatives free
     of 53-bit folding of constants such as pi. A double that rounds a constant from
     :data:`KNOWN_CONSTANTS` (``math.pi``, ``1/math.sqrt(2)``) becomes that constant.
+    This is the rule for Python floats and float64 tensor elements; elements of narrower
+    float tensors are read with :func:`exact_binary` instead (see :func:`_constant_array`).
     """
     if isinstance(value, (bool, np.bool_)):
         return sympy.true if value else sympy.false
     if isinstance(value, (int, np.integer)):
         return sympy.Integer(int(value))
     value = float(value)
-    if math.isnan(value):
-        return sympy.nan
-    if math.isinf(value):
-        return sympy.oo if value > 0 else -sympy.oo
+    special = _non_finite(value)
+    if special is not None:
+        return special
     known = KNOWN_CONSTANTS.get(abs(value))
     if known is not None:
         return known if value > 0 else -known
     return sympy.Rational(repr(value))
 
 
+def exact_binary(value: float) -> sympy.Expr:
+    """A float as the exact binary number it holds: a rational with a power-of-two denominator.
+
+    ``torch.tensor(0.1)`` is float32 and holds 13421773/2**27 = 0.100000001490116..., and that
+    is the constant autograd differentiates with, even in float64 code. The shortest-repr
+    rule of :func:`exact_number` would read it as 1/10, 1.5e-9 away, or as the double
+    0.10000000149011612, which is neither; either makes an exact backward look tens of
+    millions of float64 ULPs off.
+    """
+    special = _non_finite(value)
+    if special is not None:
+        return special
+    return sympy.Rational(*float(value).as_integer_ratio())
+
+
+def _non_finite(value: float) -> sympy.Expr | None:
+    if math.isnan(value):
+        return sympy.nan
+    if math.isinf(value):
+        return sympy.oo if value > 0 else -sympy.oo
+    return None
+
+
+#: Float dtypes whose tensor elements are read as their exact binary value. Each is a subset
+#: of float64, so ``.double()`` carries every element over exactly.
+_NARROW_FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
+
+
 def _constant_array(tensor: torch.Tensor) -> np.ndarray:
+    """A constant tensor as an object array of exact numbers, each exact for the tensor's dtype.
+
+    float64 elements follow :func:`exact_number` (shortest repr, known constants), as Python
+    floats do: the derivative keeps 1/10 and pi, within half an ULP. float32, float16 and
+    bfloat16 elements are what the code really multiplies by, and rounding them to their
+    shortest repr moves them by up to half an ULP *of their dtype*, far more than float64
+    resolves, so they are read exactly (:func:`exact_binary`).
+    """
     if tensor.is_complex():
         raise TraceError(f"complex tensors are not supported yet (got a constant of dtype {tensor.dtype})")
     values = tensor.detach().cpu()
-    if values.dtype in (torch.bfloat16, torch.float16):
-        values = values.double()
-    flat = [exact_number(v) for v in values.reshape(-1).tolist()]
+    convert = exact_number
+    if values.dtype in _NARROW_FLOATS:
+        values, convert = values.double(), exact_binary
+    flat = [convert(v) for v in values.reshape(-1).tolist()]
     out = np.empty(len(flat), dtype=object)
     out[:] = flat
     return out.reshape(tuple(tensor.shape))
@@ -139,15 +184,23 @@ class _Abort(Exception):
 
 
 class SymbolicTensor(torch.Tensor):
-    """A tensor whose elements are SymPy expressions (``.sym``, a numpy object array)."""
+    """A tensor whose elements are SymPy expressions (``.sym``, a numpy object array).
+
+    ``stopped_view`` marks a view taken where gradients are stopped (``torch.no_grad()``),
+    or a view of such a view. Its ``.sym`` still aliases the base, so that writes through
+    it land there as in torch, but whatever reads it sees its elements detached: in torch
+    such a view does not require grad.
+    """
 
     sym: np.ndarray
+    stopped_view: bool
 
     @staticmethod
     def __new__(cls, sym: np.ndarray, dtype: torch.dtype) -> "SymbolicTensor":
         sym = np.asarray(sym, dtype=object)
         self = torch.Tensor._make_wrapper_subclass(cls, sym.shape, dtype=dtype, device="cpu", requires_grad=False)
         self.sym = sym
+        self.stopped_view = False
         return self
 
     __torch_function__ = torch._C._disabled_torch_function_impl
@@ -207,6 +260,8 @@ class SymbolicTensor(torch.Tensor):
         )
 
     def _short(self) -> str:
+        if not self.sym.size:
+            return f"an empty tensor of shape {tuple(self.sym.shape)}"
         text = str(self.sym.item() if self.sym.ndim == 0 else self.sym.reshape(-1)[0])
         return text if len(text) < 60 else text[:57] + "..."
 
@@ -214,7 +269,7 @@ class SymbolicTensor(torch.Tensor):
 def _sym_of(value: Any) -> Any:
     """The SymPy view of one operator argument: arrays for tensors, exact numbers for scalars."""
     if isinstance(value, SymbolicTensor):
-        return value.sym
+        return _detach(value.sym) if value.stopped_view else value.sym
     if isinstance(value, torch.Tensor):
         return _constant_array(value)
     if isinstance(value, (bool, int, float, np.number)):
@@ -507,7 +562,11 @@ def _dims(arr: np.ndarray, dim: Any) -> tuple[int, ...]:
     if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
         return tuple(range(arr.ndim))
     dims = [dim] if isinstance(dim, int) else list(dim)
-    return tuple(sorted(d % max(arr.ndim, 1) for d in dims)) if arr.ndim else ()
+    rank = max(arr.ndim, 1)  # a 0-d tensor takes dim 0 or -1, as in torch
+    for d in dims:
+        if not -rank <= d < rank:  # the kernel checks this in torch, after dispatch
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got {d})")
+    return tuple(sorted(d % rank for d in dims)) if arr.ndim else ()
 
 
 def _reduce(arr: Any, dim: Any, keepdim: bool, combine: Callable[[list], Any]) -> np.ndarray:
@@ -515,7 +574,8 @@ def _reduce(arr: Any, dim: Any, keepdim: bool, combine: Callable[[list], Any]) -
     dims = _dims(arr, dim)
     keep = [d for d in range(arr.ndim) if d not in dims]
     moved = arr.transpose(keep + list(dims))
-    rows = moved.reshape(moved.shape[: len(keep)] + (-1,))
+    # The row length is spelled out: reshape cannot infer -1 when a kept dim is 0.
+    rows = moved.reshape(moved.shape[: len(keep)] + (math.prod(arr.shape[d] for d in dims),))
     out = np.empty(rows.shape[:-1], dtype=object)
     for index in np.ndindex(*out.shape):
         out[index] = combine([_as_number(e) for e in rows[index]])
@@ -540,16 +600,28 @@ def _prod(x, dim=None, keepdim=False, dtype=None):
     return _reduce(x, dim, keepdim, lambda t: sympy.Mul(*t))
 
 
+def _nonempty(combine: Callable[[list], Any], op: str) -> Callable[[list], Any]:
+    """SymPy's Max() of nothing is -oo; torch refuses, as it has no identity to return."""
+
+    def checked(t: list) -> Any:
+        if not t:
+            raise IndexError(f"{op}(): Expected reduction dim to have non-zero size.")
+        return combine(t)
+
+    return checked
+
+
 def _amax(x, dim=(), keepdim=False):
-    return _reduce(x, dim, keepdim, lambda t: sympy.Max(*t))
+    return _reduce(x, dim, keepdim, _nonempty(lambda t: sympy.Max(*t), "amax"))
 
 
 def _amin(x, dim=(), keepdim=False):
-    return _reduce(x, dim, keepdim, lambda t: sympy.Min(*t))
+    return _reduce(x, dim, keepdim, _nonempty(lambda t: sympy.Min(*t), "amin"))
 
 
 def _logsumexp(x, dim, keepdim=False):
-    return _reduce(x, dim, keepdim, lambda t: sympy.log(sympy.Add(*[sympy.exp(v) for v in t])))
+    # log of an empty sum is -inf in torch; SymPy's log(0) is complex infinity.
+    return _reduce(x, dim, keepdim, lambda t: sympy.log(sympy.Add(*[sympy.exp(v) for v in t])) if t else -sympy.oo)
 
 
 def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
@@ -574,6 +646,8 @@ def _vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
 
 def _var(x, dim, correction, keepdim):
     def variance(t):
+        if not t:  # torch's variance of nothing is nan, not the 0/-1 of the formula
+            return sympy.nan
         mean = sympy.Add(*t) / len(t)
         return sympy.Add(*[(v - mean) ** 2 for v in t]) / (len(t) - correction)
 
@@ -761,8 +835,9 @@ def _t(x):
 
 
 def _cat(tensors, dim=0):
+    # torch.cat skips 1-d empty tensors whatever the other shapes (a legacy rule); all skipped, the result is one.
     arrays = [_to_array(t) for t in tensors if _to_array(t).shape != (0,)]
-    return np.concatenate(arrays, axis=dim)
+    return np.concatenate(arrays, axis=dim) if arrays else np.empty((0,), dtype=object)
 
 
 def _stack(tensors, dim=0):
@@ -1050,9 +1125,21 @@ def _op_key(op: Any) -> str:
 
 
 def _dispatch(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+    out = _run_operator(func, args, kwargs)
+    if not _is_in_place(func):  # in-place writes stop gradients in _write_into
+        out = _stop_gradients(func, args, out)
+    return out
+
+
+def _is_in_place(func: torch._ops.OpOverload) -> bool:
+    name = func._schema.name.split("::")[1]
+    return name.endswith("_") and not name.endswith("__") and name not in ("_",)
+
+
+def _run_operator(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
     namespace, name = func._schema.name.split("::")
     overload = func._overloadname
-    in_place = name.endswith("_") and not name.endswith("__") and name not in ("_",)
+    in_place = _is_in_place(func)
     base = name[:-1] if in_place else name
     if base == "copy":
         return _copy_into(args[0], args[1])
@@ -1070,15 +1157,21 @@ def _dispatch(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
         return _decompose(func, args, kwargs)
     dtype = _floating_dtype(args)
     structural = _structural_arguments(func)
-    sym_args = [a if i in structural else _sym_of_argument(a) for i, a in enumerate(args)]
+    # A view must alias its base's elements, detached or not: _stop_gradients marks it instead.
+    raw = func.is_view
+    sym_args = [a if i in structural else _sym_of_argument(a, raw) for i, a in enumerate(args)]
     sym_kwargs = {
-        k: v if k in structural else _sym_of_argument(v)
+        k: v if k in structural else _sym_of_argument(v, raw)
         for k, v in kwargs.items()
         if k not in ("dtype", "layout", "device", "pin_memory", "memory_format", "non_blocking")
     }
     if "dtype" in kwargs and base in ("_to_copy", "to"):
         sym_kwargs["dtype"] = kwargs["dtype"]
-    result = rule(*sym_args, **sym_kwargs)
+    plain_name = base.rpartition("::")[2]
+    if _MARK.get() and (plain_name in MARKED_OPS or f"{plain_name}.{overload}" in MARKED_OPS):
+        result = _marked(plain_name, rule, sym_args, sym_kwargs)
+    else:
+        result = rule(*sym_args, **sym_kwargs)
     if in_place and name in _RESHAPE_IN_PLACE:
         return _reshape_in_place(func, args, kwargs, result)
     if in_place:
@@ -1089,9 +1182,11 @@ def _dispatch(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
     return out
 
 
-def _sym_of_argument(value: Any) -> Any:
+def _sym_of_argument(value: Any, raw: bool = False) -> Any:
     if isinstance(value, (list, tuple)):
-        return type(value)(_sym_of(v) for v in value)
+        return type(value)(_sym_of_argument(v, raw) for v in value)
+    if raw and isinstance(value, SymbolicTensor):
+        return value.sym
     return _sym_of(value)
 
 
@@ -1134,7 +1229,10 @@ def _write_into(target: Any, result: Any, op: str = "copy_") -> Any:
             "tensor from a traced one (x.new_zeros(3), torch.zeros_like(x), x.clone()), or build the "
             "result out of place (torch.stack, torch.cat, torch.where)"
         )
-    target.sym[...] = _to_array(result)
+    values = _to_array(result)
+    if _gradient_stopped():
+        values = _STOPPED_WRITE(target.sym, values)
+    target.sym[...] = values
     return target
 
 
@@ -1190,11 +1288,304 @@ class Detached(sympy.Function):
 
 
 def detached(e: Any) -> Any:
-    if _is_condition(e) or (isinstance(e, sympy.Basic) and not e.free_symbols):
+    """``e`` with its gradient stopped; unchanged where no input reaches it but through a stop."""
+    if not isinstance(e, sympy.Basic) or _is_condition(e) or not _has_live_symbols(e):
         return e
-    if isinstance(e, (int, float)):
-        return e
-    return Detached(e)
+    # Under one stop, inner stops change nothing; dropping them keeps formulas readable
+    # when a no_grad block detaches values that were detached already.
+    return Detached(_undetach(e))
+
+
+def _has_live_symbols(e: Any) -> bool:
+    """Whether a gradient can reach ``e``: some symbol of it is outside every Detached."""
+    if not isinstance(e, sympy.Basic):
+        return False
+    walk = sympy.preorder_traversal(e)
+    for node in walk:
+        if isinstance(node, Detached):
+            walk.skip()
+        elif node.is_Symbol:
+            return True
+    return False
+
+
+def _undetach(e: Any) -> Any:
+    """``e`` with every stop removed: its value."""
+    if isinstance(e, sympy.Basic) and e.has(Detached):
+        return e.replace(lambda a: isinstance(a, Detached), lambda a: a.args[0])
+    return e
+
+
+def _stopped_write(old: Any, new: Any) -> Any:
+    """One element written in place where gradients are stopped (``with torch.no_grad(): y.mul_(2)``).
+
+    torch changes the value and keeps the tensor's autograd history, so the gradient stays
+    the old element's while the value is the new one: a straight-through estimator.
+    """
+    if _is_condition(old) or _is_condition(new) or not _has_live_symbols(old):
+        return detached(new)
+    return old + detached(new - old)
+
+
+_STOPPED_WRITE = np.frompyfunc(_stopped_write, 2, 1)
+
+#: Grad mode on entry to the outermost custom ``torch.autograd.Function.apply`` now running,
+#: or None outside one. torch runs ``forward`` with grad mode off whatever the caller's mode
+#: (it turns it off in C++), so inside it ``torch.is_grad_enabled()`` cannot tell the
+#: forward's mathematics, which a hand-written backward is checked against, from a block the
+#: user wrapped in ``torch.no_grad()``. The mode ``apply`` was called in can: under no_grad
+#: the output is a constant, otherwise everything the forward computes is the function, its
+#: own no_grad blocks and nested applies included.
+_FUNCTION_ENTRY_GRAD: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "autocheck_function_entry_grad", default=None
+)
+
+
+def _gradient_stopped() -> bool:
+    """Whether autograd records nothing for the operator now traced, as under torch.no_grad()."""
+    entry = _FUNCTION_ENTRY_GRAD.get()
+    return not (torch.is_grad_enabled() if entry is None else entry)
+
+
+def _stop_gradients(func: torch._ops.OpOverload, args: tuple, out: Any) -> Any:
+    """An operator's outputs as autograd leaves them: constants where gradients are stopped.
+
+    A view keeps aliasing its base (a write through it must reach the base) and is marked
+    instead, and so is a view of a marked view, which does not require grad in torch either.
+    """
+    if func.is_view:
+        base = args[0] if args else None
+        if _gradient_stopped() or (isinstance(base, SymbolicTensor) and base.stopped_view):
+            out = _map_symbolic(out, lambda t: _marked_view(t, args))
+        return out
+    if not _gradient_stopped():
+        return out
+    return _map_symbolic(out, lambda t: SymbolicTensor(_detach(t.sym), t.dtype))
+
+
+def _marked_view(t: SymbolicTensor, args: tuple) -> SymbolicTensor:
+    if any(t is a for a in args):  # a decomposition handed an input back: mark a new alias, not the input
+        t = SymbolicTensor(t.sym, t.dtype)
+    t.stopped_view = True
+    return t
+
+
+def _map_symbolic(out: Any, fn: Callable[[SymbolicTensor], Any]) -> Any:
+    if isinstance(out, SymbolicTensor):
+        return fn(out)
+    if isinstance(out, (list, tuple)):
+        mapped = [_map_symbolic(o, fn) for o in out]
+        # A decomposition may return a named tuple (log_sigmoid_forward's output and buffer).
+        return type(out)(*mapped) if hasattr(out, "_fields") else type(out)(mapped)
+    return out
+
+
+def _symbolic_in(out: Any) -> Iterator[SymbolicTensor]:
+    if isinstance(out, SymbolicTensor):
+        yield out
+    elif isinstance(out, (list, tuple)):
+        for o in out:
+            yield from _symbolic_in(o)
+
+
+def _apply_noting_grad_mode(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """``Function.apply``, noting the grad mode of the outermost call in :data:`_FUNCTION_ENTRY_GRAD`."""
+    apply = super(_APPLY_HOOK_CLASS, cls).apply  # type: ignore[misc]
+    if _FUNCTION_ENTRY_GRAD.get() is not None:  # nested: the outermost apply decides
+        return apply(*args, **kwargs)
+    token = _FUNCTION_ENTRY_GRAD.set(torch.is_grad_enabled())
+    try:
+        if _MARK.get() and torch.is_grad_enabled():
+            return _marked_function(cls, apply, args, kwargs)
+        return apply(*args, **kwargs)
+    finally:
+        _FUNCTION_ENTRY_GRAD.reset(token)
+
+
+# --------------------------------------------------------------------------------------
+# Operations kept opaque, for the error model
+# --------------------------------------------------------------------------------------
+
+
+class OpNode(sympy.Function):
+    """The output of one traced operation, kept opaque: ``rule(*args)`` is its value.
+
+    Differentiating an expression of op nodes gives the chain rule as reverse mode
+    evaluates it, with each local derivative an :class:`OpPartial`; SymPy cannot simplify
+    across operations (``1 - (1 - tanh(x)**2)`` stays a difference, as autograd computes
+    it). Subclasses are made per operation by :func:`op_node`.
+    """
+
+    is_real = True
+    op: str = ""
+    custom: bool = False  # a user's autograd.Function: its backward is not a torch kernel
+    rule: Callable[..., Any]
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return op_partial(type(self), (argindex - 1,))(*self.args)
+
+    def expansion(self) -> Any:
+        return type(self).rule(*self.args)
+
+
+class OpPartial(sympy.Function):
+    """A local derivative of an :class:`OpNode`: by its arguments ``wrt``, in turn."""
+
+    is_real = True
+    node: type[OpNode]
+    wrt: tuple[int, ...] = ()
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return op_partial(self.node, self.wrt + (argindex - 1,))(*self.args)
+
+    def expansion(self) -> Any:
+        """The explicit local derivative (steps and DiracDelta still to be cleaned up by the caller)."""
+        dummies = [sympy.Dummy(real=True) for _ in self.args]
+        value = self.node.rule(*dummies)
+        for k in self.wrt:
+            value = sympy.diff(value, dummies[k])
+        return value.xreplace(dict(zip(dummies, self.args)))
+
+
+def op_node(op: str, rule: Callable[..., Any], nargs: int, custom: bool = False) -> type[OpNode]:
+    """A new :class:`OpNode` class for one operation with ``nargs`` tensor operands."""
+    return type(op, (OpNode,), {
+        "op": op, "rule": staticmethod(rule), "nargs": nargs, "arity": nargs, "custom": custom, "_partials": {}
+    })
+
+
+def op_partial(node: type[OpNode], wrt: tuple[int, ...]) -> type[OpPartial]:
+    partials = node._partials  # type: ignore[attr-defined]
+    if wrt not in partials:
+        name = f"d{node.op}_d{''.join(map(str, wrt))}"
+        partials[wrt] = type(name, (OpPartial,), {"node": node, "wrt": wrt, "nargs": node.arity})
+    return partials[wrt]
+
+
+#: Whether the trace now running keeps operations opaque (``trace(..., mark=True)``).
+_MARK: contextvars.ContextVar[bool] = contextvars.ContextVar("autocheck_mark_ops", default=False)
+
+_BINARY_FUNCTIONS = {
+    "atan2", "hypot", "maximum", "minimum", "fmax", "fmin", "xlogy", "special_xlog1py", "logaddexp",
+    "logaddexp2", "copysign", "fmod", "remainder",
+}  # fmt: skip
+_ELEMENTWISE_RULES = {
+    "round.decimals", "log_sigmoid", "clamp", "clamp_min", "clamp_max", "softplus", "polygamma",
+    "special_polygamma", "logit", "threshold", "leaky_relu", "gelu", "silu", "elu", "hardtanh",
+}  # fmt: skip
+
+#: Operations a marked trace keeps opaque: the elementwise functions, each computed by one
+#: kernel with its own backward formula. Arithmetic (+, -, *, /, **) stays explicit: its
+#: rounding is modelled as written.
+MARKED_OPS = frozenset(UNARY) - {"neg", "positive", "logical_not"} | _BINARY_FUNCTIONS | _ELEMENTWISE_RULES
+
+
+def _marked(op: str, rule: Callable[..., Any], args: list, kwargs: dict) -> Any:
+    """An elementwise operation's result with every element that depends on an input an op node."""
+    plain = rule(*args, **kwargs)
+    positions = [k for k, a in enumerate(args) if isinstance(a, np.ndarray)]
+    if not positions or not isinstance(plain, np.ndarray):
+        return plain
+    try:
+        operands = np.broadcast_arrays(*[args[k] for k in positions])
+    except ValueError:
+        return plain
+    if operands[0].shape != plain.shape:
+        return plain
+
+    def scalar_rule(*values: Any) -> Any:
+        full = list(args)
+        for k, value in zip(positions, values):
+            full[k] = _scalar_array(value)
+        return _as_number(_to_array(rule(*full, **kwargs)).item())
+
+    node = op_node(op, scalar_rule, len(positions))
+    out = plain.copy()
+    for index in np.ndindex(*out.shape):
+        values = [o[index] for o in operands]
+        if any(_is_condition(v) for v in values) or not any(_has_live_symbols(v) for v in values):
+            continue
+        out[index] = node(*[_as_number(v) for v in values])
+    return out
+
+
+def _marked_function(cls: type, apply: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """A custom Function's output as one op node per element (elementwise Functions only):
+    its backward is the user's, one opaque local derivative as far as the error model knows."""
+    tensors = [k for k, a in enumerate(args) if isinstance(a, SymbolicTensor)]
+    out = apply(*args, **kwargs)
+    if not tensors or not isinstance(out, SymbolicTensor):
+        return out
+    shapes = [args[k].shape for k in tensors]
+    if any(tuple(s) != tuple(out.shape) for s in shapes):
+        return out  # not elementwise: the operations inside stay marked one by one
+    dummies = [sympy.Dummy(real=True) for _ in tensors]
+    placeholders = list(args)
+    for k, d in zip(tensors, dummies):
+        placeholders[k] = SymbolicTensor(_scalar_array(d), args[k].dtype)
+    token = _MARK.set(False)  # the rule is the forward's plain mathematics
+    try:
+        single = apply(*placeholders, **kwargs)
+    except Exception:  # noqa: BLE001 - a forward that needs the real shapes: keep the inner marks
+        return out
+    finally:
+        _MARK.reset(token)
+    if not isinstance(single, SymbolicTensor) or single.sym.ndim:
+        return out
+    formula = single.sym.item()
+    node = op_node(f"{cls.__name__}.apply", lambda *v: formula.xreplace(dict(zip(dummies, v))), len(tensors), custom=True)
+    operands = [_sym_of(args[k]) for k in tensors]
+    marked = np.empty(out.sym.shape, dtype=object)
+    for index in np.ndindex(*marked.shape):
+        values = [o[index] for o in operands]
+        plain = out.sym[index]
+        marked[index] = node(*values) if any(_has_live_symbols(v) for v in values) and not _has_stops(plain) else plain
+    return SymbolicTensor(marked, out.dtype)
+
+
+def _has_stops(e: Any) -> bool:
+    return isinstance(e, sympy.Basic) and e.has(Detached)
+
+
+#: ``Function.apply`` ends in ``super().apply(...)``, which Python looks up through the MRO at
+#: call time; a classmethod on the class between ``Function`` and torch's C base sees every
+#: call, ``Fn.apply(x)`` and also ``apply = Fn.apply`` bound before the trace (a common
+#: idiom), which wrapping ``Function.apply`` itself would miss.
+_APPLY_HOOK_CLASS = torch.autograd.function._SingleLevelFunction
+
+
+class _ApplyHook:
+    """Puts :func:`_apply_noting_grad_mode` in place while at least one trace runs, in any thread.
+
+    Outside a trace the hook only notes a mode nobody reads, so traces in other threads, and
+    autograd in them, are unaffected by it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._previous: Any = None
+        self._hook = classmethod(_apply_noting_grad_mode)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._previous = vars(_APPLY_HOOK_CLASS).get("apply")  # None in every torch so far
+                setattr(_APPLY_HOOK_CLASS, "apply", self._hook)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._previous is None:
+                    delattr(_APPLY_HOOK_CLASS, "apply")
+                elif self._users == 0:
+                    setattr(_APPLY_HOOK_CLASS, "apply", self._previous)
+
+
+_APPLY_HOOK = _ApplyHook()
 
 
 # --------------------------------------------------------------------------------------
@@ -1230,6 +1621,11 @@ class Trace:
 _FALLBACK_NAMES = ("x", "y", "z", "w", "u", "v", "s", "t")
 
 
+def default_names(n: int) -> tuple[str, ...]:
+    """Names for ``n`` inputs whose function does not name them: x, y, z, ... (x0, x1, ... beyond eight)."""
+    return _FALLBACK_NAMES[:n] if n <= len(_FALLBACK_NAMES) else tuple(f"x{i}" for i in range(n))
+
+
 def parameter_names(f: Callable[..., Any]) -> tuple[str, ...] | None:
     """The names of ``f``'s required positional parameters, or None where Python cannot tell.
 
@@ -1244,19 +1640,44 @@ def parameter_names(f: Callable[..., Any]) -> tuple[str, ...] | None:
 
 
 def _declared_parameter_names(f: Callable[..., Any]) -> tuple[str, ...] | None:
-    try:
-        signature = inspect.signature(f)
-    except (TypeError, ValueError):
+    signature = _signature(f)
+    if signature is None:
         return None
     names = []
     for p in signature.parameters.values():
-        if p.kind in (p.VAR_POSITIONAL,):
+        if p.kind == p.VAR_POSITIONAL:
             return None
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
             names.append(p.name)
     if not names and isinstance(f, type) is False and hasattr(f, "__self__") and hasattr(f, "__func__"):
         return None
     return tuple(names) if names else None
+
+
+def _signature(f: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature that says how many tensors ``f`` takes, or None for builtins without one.
+
+    A module and ``Fn.apply`` declare ``(*args, **kwargs)``; the inputs are those of their
+    ``forward`` (less ``ctx`` where ``forward`` takes it, the style without ``setup_context``).
+    """
+    owner = getattr(f, "__self__", None)
+    if getattr(f, "__func__", None) is torch.autograd.Function.apply.__func__ and isinstance(owner, type):
+        f = owner.forward
+        takes_ctx = not torch.autograd.function._is_setup_context_defined(owner.setup_context)
+    else:
+        f = f.forward if isinstance(f, torch.nn.Module) else f
+        takes_ctx = False
+    try:
+        signature = inspect.signature(f)
+    except (TypeError, ValueError):
+        return None
+    parameters = list(signature.parameters.values())
+    return signature.replace(parameters=parameters[1:]) if takes_ctx and parameters else signature
+
+
+def _takes_varargs(f: Callable[..., Any]) -> bool:
+    signature = _signature(f)
+    return signature is not None and any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values())
 
 
 def _defined_by_torch(f: Callable[..., Any]) -> bool:
@@ -1285,6 +1706,7 @@ def trace(
     *,
     dtype: torch.dtype = torch.float64,
     names: Sequence[str] | None = None,
+    mark: bool = False,
 ) -> Trace:
     """Run ``f`` on symbolic tensors and return the SymPy expression of its output.
 
@@ -1294,6 +1716,9 @@ def trace(
             number of inputs from the signature (or, for builtins, by trying).
         dtype: the floating dtype the symbolic inputs report (``x.dtype`` inside ``f``).
         names: symbol names; default the parameter names, else x, y, z, ...
+        mark: keep each elementwise operation (:data:`MARKED_OPS`) and each custom
+            ``Function`` an opaque :class:`OpNode`, so that the derivative has the chain
+            rule's structure as autograd evaluates it (for the error model).
     """
     if not callable(f):
         raise TypeError(f"f must be a callable taking tensors, got f={f!r}")
@@ -1301,20 +1726,26 @@ def trace(
         names = parameter_names(f)
     if shapes is None:
         if names is not None:
-            return _trace_with(f, tuple(names), tuple(() for _ in names), dtype)
-        return _trace_builtin(f, dtype)
+            return _trace_with(f, tuple(names), tuple(() for _ in names), dtype, mark)
+        if _takes_varargs(f):
+            raise TraceError(
+                f"{_describe(f)} takes *args, so the number of its inputs cannot be known without "
+                "example inputs. Pass example tensors (autocheck.derivative(f, x, y)), or wrap it with "
+                "named parameters, e.g. lambda x, y: f(x, y)."
+            )
+        return _trace_builtin(f, dtype, mark)
     shapes = tuple(tuple(s) for s in shapes)
     if names is None or len(names) != len(shapes):
-        names = _FALLBACK_NAMES[: len(shapes)] if len(shapes) <= len(_FALLBACK_NAMES) else [f"x{i}" for i in range(len(shapes))]
-    return _trace_with(f, tuple(names), shapes, dtype)
+        names = default_names(len(shapes))
+    return _trace_with(f, tuple(names), shapes, dtype, mark)
 
 
-def _trace_builtin(f: Callable[..., Any], dtype: torch.dtype) -> Trace:
+def _trace_builtin(f: Callable[..., Any], dtype: torch.dtype, mark: bool = False) -> Trace:
     last_error: Exception | None = None
     for arity in range(1, 5):
         names = _FALLBACK_NAMES[:arity]
         try:
-            return _trace_with(f, names, tuple(() for _ in names), dtype)
+            return _trace_with(f, names, tuple(() for _ in names), dtype, mark)
         except TraceError:
             raise
         except TypeError as error:  # wrong number of arguments: try the next arity
@@ -1325,9 +1756,9 @@ def _trace_builtin(f: Callable[..., Any], dtype: torch.dtype) -> Trace:
     )
 
 
-def _trace_with(f, names, shapes, dtype) -> Trace:
+def _trace_with(f, names, shapes, dtype, mark: bool = False) -> Trace:
     symbols, tensors = _symbolic_inputs(names, shapes, dtype)
-    with torch.no_grad(), _default_dtype(dtype):
+    with _tracing(mark):
         try:
             out = f(*tensors)
         except TraceError:
@@ -1342,7 +1773,7 @@ def _trace_with(f, names, shapes, dtype) -> Trace:
             "(check each output with its own function, or sum them with weights)"
         )
     if isinstance(out, SymbolicTensor):
-        output = out.sym.copy()
+        output = np.array(_sym_of(out), dtype=object)
     elif isinstance(out, torch.Tensor):
         output = _constant_array(out)
     elif isinstance(out, (int, float)):
@@ -1350,22 +1781,42 @@ def _trace_with(f, names, shapes, dtype) -> Trace:
     else:
         raise TraceError(f"{_describe(f)} returned {type(out).__name__}, not a tensor")
     output = np.frompyfunc(_as_number, 1, 1)(output) if output.ndim else _scalar_array(_as_number(output.item()))
-    return Trace(names=tuple(names), symbols=symbols, output=np.asarray(output, dtype=object), shapes=tuple(shapes))
+    output = np.asarray(output, dtype=object)
+    return Trace(names=tuple(names), symbols=symbols, output=output, shapes=tuple(shapes))
 
 
-class _default_dtype:
-    """Constants created inside ``f`` (torch.tensor(0.5)) get the traced dtype, as they would at run time."""
+@contextlib.contextmanager
+def _tracing(mark: bool) -> Iterator[None]:
+    """The state one trace runs in.
 
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
+    Grad mode is on, as when autograd runs ``f``, and the code changes it as it runs:
+    operators traced where it is off give constants (see :func:`_gradient_stopped`). The
+    trace starts outside any ``Function.apply``, even when called from inside one.
+    """
+    mark_token = _MARK.set(mark)
+    entry_token = _FUNCTION_ENTRY_GRAD.set(None)
+    try:
+        with _APPLY_HOOK.active(), torch.enable_grad():
+            yield
+    finally:
+        _FUNCTION_ENTRY_GRAD.reset(entry_token)
+        _MARK.reset(mark_token)
 
-    def __enter__(self) -> None:
-        self.previous = torch.get_default_dtype()
-        if self.dtype in (torch.float32, torch.float64):
-            torch.set_default_dtype(self.dtype)
 
-    def __exit__(self, *exc: Any) -> None:
-        torch.set_default_dtype(self.previous)
+def function_name(f: Any) -> str:
+    """How a person would write ``f``: ``torch.sigmoid``, ``MySoftplus.apply``, ``my_loss``."""
+    owner = getattr(f, "__self__", None)
+    if isinstance(owner, type):
+        return f"{owner.__qualname__}.{f.__name__}"
+    module = getattr(f, "__module__", None) or ""
+    name = getattr(f, "__name__", None)
+    qualname = getattr(f, "__qualname__", None) or name
+    if name is None:
+        return type(f).__name__
+    if module == "torch" or module.startswith("torch."):
+        # Builtins carry the name of the class that holds them (_VariableFunctionsClass.sigmoid).
+        return f"{module}.{name}"
+    return qualname
 
 
 def _describe(f: Callable[..., Any]) -> str:

@@ -158,9 +158,6 @@ INACCURATE: dict[str, Inaccurate] = {
     "digamma": Inaccurate(
         1e-9, "the backward evaluates trigamma, whose float64 kernel is off by up to 3.6e-10 relative (at x = 2.05)"
     ),
-    "expm1": Inaccurate(
-        1e-12, "the backward is `grad * (expm1(x) + 1)`, which cancels for x < 0: 2.7e-13 relative at x = -8.6"
-    ),
     "nn.functional.hardsigmoid": Inaccurate(
         4e-8, "the float64 backward multiplies by 1/6 rounded to float32 (0.16666667163...): 3.0e-8 relative"
     ),

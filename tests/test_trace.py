@@ -4,6 +4,8 @@ can fail, each with the message a user sees."""
 from __future__ import annotations
 
 import math
+import re
+import threading
 import traceback
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 
 import autocheck
 from autocheck import TraceError
-from autocheck._trace import TORCH_TO_SYMPY, trace
+from autocheck._trace import TORCH_TO_SYMPY, Detached, OpNode, OpPartial, parameter_names, trace
 
 x, y, z = sympy.symbols("x y z", real=True)
 
@@ -92,6 +94,57 @@ def test_autograd_function_apply_gets_x():
     assert trace(Double.apply).names == ("x",)
 
 
+def test_autograd_function_apply_takes_the_inputs_of_its_forward():
+    class Ctx(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b, scale=2.0):
+            return a * b * scale
+
+    class SetupContext(torch.autograd.Function):
+        @staticmethod
+        def forward(a, b):
+            return a * b
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+    assert parameter_names(Ctx.apply) == parameter_names(SetupContext.apply) == ("x", "y")
+
+
+def test_a_module_takes_the_inputs_of_its_forward():
+    class Scaled(torch.nn.Module):
+        def forward(self, value, weight, eps=1e-6):
+            return value * weight + eps
+
+    assert parameter_names(Scaled()) == ("value", "weight")
+    assert trace(Scaled()).output.item() == sym("value") * sym("weight") + sympy.Rational(1, 10**6)
+
+
+def test_varargs_function_traces_with_explicit_shapes():
+    tr = trace(lambda *a: a[0] * a[1], [(), ()])
+    assert tr.names == ("x", "y")
+    assert tr.output.item() == x * y
+    dot = trace(lambda *a: (a[0] * a[1]).sum(), [(2,), (2,)]).output.item()
+    assert dot == sym("x[0]") * sym("y[0]") + sym("x[1]") * sym("y[1]")
+
+
+def test_varargs_function_derivative_with_example_inputs():
+    assert autocheck.derivative(lambda *a: a[0] * a[1], torch.tensor(1.0), torch.tensor(2.0)) == (y, x)
+
+
+def _scaled_sum(x, *rest):
+    return x + sum(rest)
+
+
+@pytest.mark.parametrize("f", [lambda *a: a[0] * a[1], _scaled_sum], ids=["only-varargs", "x-then-varargs"])
+def test_varargs_function_without_inputs_says_how_to_give_its_arity(f):
+    assert parameter_names(f) is None
+    message = rf"{re.escape(f.__qualname__)} takes \*args.*example tensors.*lambda x, y: f\(x, y\)"
+    with pytest.raises(TraceError, match=message):
+        autocheck.derivative(f)
+
+
 def test_builtin_with_no_working_arity_says_to_wrap_it():
     with pytest.raises(TraceError, match=r"could not find how many inputs 'cat' takes.*lambda x, y: f\(x, y\)"):
         autocheck.derivative(torch.cat)
@@ -121,7 +174,6 @@ def test_array_symbols_of_a_builtin_use_x_y():
         pytest.param(lambda x: x / 3, x / 3, id="int-division"),
         pytest.param(lambda x: x**0.5, sympy.sqrt(x), id="power-0.5"),
         pytest.param(lambda x: (torch.tensor([0.1, 0.7], dtype=torch.float64) * x).sum(), 4 * x / 5, id="closure"),
-        pytest.param(lambda x: x * torch.tensor(0.1), x / 10, id="created-inside"),
         pytest.param(lambda x: math.pi * x, sympy.pi * x, id="math.pi"),
         pytest.param(lambda x: x * math.sqrt(2), sympy.sqrt(2) * x, id="math.sqrt(2)"),
     ],
@@ -130,9 +182,47 @@ def test_floats_become_the_exact_numbers_written(f, expected):
     assert trace(f).output.item() == expected
 
 
-def test_float32_constant_keeps_its_float32_value():
-    tr = trace(lambda x: x * torch.tensor(0.1, dtype=torch.float32))
-    assert tr.output.item() == x * sympy.Rational(repr(float(np.float32(0.1))))
+def test_float32_constant_created_inside_is_its_exact_binary_value():
+    # torch.tensor(0.1) is float32 at run time, in float64 code too: 13421773 / 2**27.
+    assert trace(lambda x: x * torch.tensor(0.1)).output.item() == x * 13421773 / 134217728
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        pytest.param(torch.float32, sympy.Rational(13421773, 2**27), id="float32"),
+        pytest.param(torch.float16, sympy.Rational(819, 2**13), id="float16"),
+        pytest.param(torch.bfloat16, sympy.Rational(205, 2**11), id="bfloat16"),
+        pytest.param(torch.float64, sympy.Rational(1, 10), id="float64-shortest-repr"),
+    ],
+)
+def test_tensor_constants_are_exact_for_their_dtype(dtype, expected):
+    c = torch.tensor(0.1, dtype=dtype)
+    assert trace(lambda x: x * c).output.item() == x * expected
+    assert float(expected) == float(c)  # the value the code multiplies by
+
+
+def test_float32_constant_derivative_is_what_autograd_gives_bit_for_bit():
+    f = lambda x: x * torch.tensor(0.1)  # noqa: E731
+    t = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(f(t), t)
+    assert float(autocheck.derivative(f)) == grad.item() == 0.10000000149011612
+
+
+def test_float32_rounding_of_a_known_constant_is_not_the_constant():
+    # Only doubles stand for pi; float32(pi) is 13176795 / 2**22, and autograd uses that.
+    assert trace(lambda x: x * torch.tensor(math.pi)).output.item() == x * sympy.Rational(13176795, 2**22)
+
+
+def test_constants_created_inside_get_torchs_default_dtype_as_at_run_time():
+    seen = []
+
+    def f(x):
+        seen.append(torch.tensor(0.5).dtype)
+        return x
+
+    trace(f, dtype=torch.float64)
+    assert seen == [torch.get_default_dtype()] == [torch.float32]
 
 
 def test_ndtr_constant_is_exact():
@@ -339,3 +429,337 @@ def test_closure_tensors_are_constants_and_are_not_modified():
     before = c.clone()
     assert trace(lambda x: (c * x).sum(), [(2,)]).output.item() == sympy.Rational(3, 2) * sym("x[0]") + 2 * sym("x[1]")
     assert torch.equal(c, before)
+
+
+# ---- empty tensors ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("f", "shape", "expected"),
+    [
+        pytest.param(lambda x: torch.exp(x) * 2, (0,), np.empty((0,), dtype=object), id="elementwise-0"),
+        pytest.param(lambda x: torch.exp(x) * 2, (0, 3), np.empty((0, 3), dtype=object), id="elementwise-0x3"),
+        pytest.param(lambda x: x.sum(), (0,), np.array(0, dtype=object), id="sum"),
+        pytest.param(lambda x: x.sum(0), (0, 3), np.array([0, 0, 0], dtype=object), id="sum-dim0"),
+        pytest.param(lambda x: x.sum(1), (0, 3), np.empty((0,), dtype=object), id="sum-dim1"),
+        pytest.param(lambda x: x.mean(), (0, 3), np.array(sympy.nan, dtype=object), id="mean-nan"),
+        pytest.param(lambda x: x.prod(), (0,), np.array(1, dtype=object), id="prod"),
+        pytest.param(lambda x: x.var(0, correction=0), (0, 2), np.array([sympy.nan] * 2, dtype=object), id="var-nan"),
+        pytest.param(lambda x: torch.logsumexp(x, 1), (2, 0), np.array([-sympy.oo] * 2, dtype=object), id="logsumexp"),
+        pytest.param(lambda x: x.T @ x, (0, 2), np.zeros((2, 2), dtype=int).astype(object), id="matmul-inner-0"),
+        pytest.param(lambda x: x @ torch.ones(3, 2, dtype=torch.float64), (0, 3), np.empty((0, 2), dtype=object), id="matmul-0"),
+        pytest.param(lambda x: torch.cat([x, x]), (0,), np.empty((0,), dtype=object), id="cat"),
+        pytest.param(lambda x: F.softmax(x, 1), (0, 3), np.empty((0, 3), dtype=object), id="softmax"),
+        pytest.param(lambda x: F.layer_norm(x, (3,)), (0, 3), np.empty((0, 3), dtype=object), id="layer-norm"),
+    ],
+)
+@pytest.mark.filterwarnings(r"ignore:var\(\)")  # torch's "degrees of freedom is <= 0", for the empty variance
+def test_empty_tensors_trace_like_torch(f, shape, expected):
+    tr = trace(f, [shape])
+    assert tr.symbols[0].shape == shape
+    assert tr.output.shape == expected.shape
+    assert [str(e) for e in tr.output.flat] == [str(e) for e in expected.flat]
+    want = torch.tensor([float(e) for e in expected.flat], dtype=torch.float64).reshape(expected.shape)
+    torch.testing.assert_close(f(torch.zeros(shape, dtype=torch.float64)), want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_max_of_an_empty_dim_is_an_error_as_in_torch():
+    with pytest.raises(TraceError, match=r"amax\(\): Expected reduction dim to have non-zero size"):
+        trace(lambda x: x.amax(1), [(2, 0)])
+
+
+def test_reduction_over_a_dim_the_tensor_lacks_is_an_error_as_in_torch():
+    with pytest.raises(TraceError, match=r"Dimension out of range.*got 1"):
+        trace(lambda x: x.sum(1), [(3,)])
+
+
+# ---- grad mode: what no_grad stops, and what a Function's forward computes ------------
+
+
+def _autograd_derivative(f, at: float) -> float:
+    t = torch.tensor(at, dtype=torch.float64, requires_grad=True)
+    out = f(t)
+    return torch.autograd.grad(out, t)[0].item() if out.requires_grad else 0.0
+
+
+def _double_under_no_grad(x):
+    with torch.no_grad():
+        return 2 * x
+
+
+@torch.no_grad()
+def _quadruple_no_grad_decorator(x):
+    return 4 * x
+
+
+def _exp_grad_disabled(x):
+    with torch.set_grad_enabled(False):
+        e = torch.exp(x)
+    return e * x
+
+
+def _sin_inference_mode(x):
+    with torch.inference_mode():
+        s = torch.sin(x)
+    return 3 * x + s  # autograd may not save an inference tensor, so add, not multiply
+
+
+def _enable_grad_inside_no_grad(x):
+    with torch.no_grad():
+        stopped = x * 2
+        with torch.enable_grad():
+            kept = x * 3
+    return stopped * x + kept * x
+
+
+class CubeSavingInput(torch.autograd.Function):
+    """ctx style, with a no_grad block inside forward: the forward's math all the same."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            square = x * x
+        return square * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x * x * grad
+
+
+class SquareSetupContext(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * ctx.saved_tensors[0] * grad
+
+
+class FourthPowerNested(torch.autograd.Function):
+    """A Function whose forward applies another Function."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return SquareSetupContext.apply(SquareSetupContext.apply(x))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 4 * x**3 * grad
+
+
+square = SquareSetupContext.apply  # bound before any trace, a common idiom
+
+
+def _apply_inside_no_grad(x):
+    with torch.no_grad():
+        stopped = CubeSavingInput.apply(x)
+    return stopped * x
+
+
+def _bound_apply_inside_no_grad(x):
+    with torch.no_grad():
+        stopped = square(x)
+    return stopped * x
+
+
+LINEAR = torch.nn.Linear(1, 1).double()  # parameters require grad, as in a model
+with torch.no_grad():
+    LINEAR.weight.fill_(0.5)
+    LINEAR.bias.fill_(0.25)
+
+
+def _linear_then_function(x):
+    return square(LINEAR(x.reshape(1, 1))).sum()
+
+
+def _linear_under_no_grad(x):
+    with torch.no_grad():
+        stopped = LINEAR(x.reshape(1, 1)).sum()
+    return stopped * x
+
+
+def _view_under_no_grad(x):
+    with torch.no_grad():
+        view = x.reshape(1)
+    return (view * x).sum()
+
+
+def _in_place_under_no_grad(x):
+    y = x * x
+    with torch.no_grad():
+        y.mul_(2)  # the value doubles; autograd keeps y's history, so the gradient stays 2v
+    return y
+
+
+def _clamped_in_place_under_no_grad(x):
+    # F.gaussian_nll_loss's pattern: the value is clamped, the gradient passes as if it were not.
+    var = x.clone()
+    with torch.no_grad():
+        var.clamp_(min=1.0)
+    return torch.log(var) + 0.25 / var
+
+
+def _write_through_view_under_no_grad(x):
+    buffer = torch.zeros_like(x).repeat(2)
+    with torch.no_grad():
+        buffer[0] = x * 5  # written through a view made under no_grad: a constant
+    buffer[1] = x * 7
+    return (buffer * x).sum()
+
+
+@pytest.mark.parametrize(
+    ("f", "expected"),
+    [
+        pytest.param(lambda x: x * _double_under_no_grad(x), 2 * x, id="no_grad"),
+        pytest.param(lambda x: x * _quadruple_no_grad_decorator(x), 4 * x, id="no_grad-decorator"),
+        pytest.param(_exp_grad_disabled, sympy.exp(x), id="set_grad_enabled-False"),
+        pytest.param(_sin_inference_mode, sympy.Integer(3), id="inference_mode"),
+        pytest.param(_enable_grad_inside_no_grad, 8 * x, id="enable_grad-inside-no_grad"),
+        pytest.param(CubeSavingInput.apply, 3 * x**2, id="function-forward-uses-no_grad"),
+        pytest.param(lambda x: SquareSetupContext.apply(torch.sin(x)), sympy.sin(2 * x), id="setup_context"),
+        pytest.param(lambda x: square(x) * x, 3 * x**2, id="apply-bound-before-the-trace"),
+        pytest.param(FourthPowerNested.apply, 4 * x**3, id="nested-functions"),
+        pytest.param(_apply_inside_no_grad, x**3, id="apply-inside-no_grad"),
+        pytest.param(_bound_apply_inside_no_grad, x**2, id="bound-apply-inside-no_grad"),
+        pytest.param(_linear_then_function, x / 2 + sympy.Rational(1, 4), id="module-parameters-require-grad"),
+        pytest.param(_linear_under_no_grad, x / 2 + sympy.Rational(1, 4), id="module-under-no_grad"),
+        pytest.param(_view_under_no_grad, x, id="view-under-no_grad"),
+        pytest.param(_in_place_under_no_grad, 2 * x, id="in-place-under-no_grad"),
+        pytest.param(_write_through_view_under_no_grad, 19 * x, id="write-through-view-under-no_grad"),
+        pytest.param(
+            _clamped_in_place_under_no_grad,
+            1 / sympy.Max(x, 1) - 1 / (4 * sympy.Max(x, 1) ** 2),
+            id="clamp-in-place-under-no_grad-is-straight-through",
+        ),
+    ],
+)
+def test_derivative_is_autograds_for_the_code_as_written(f, expected):
+    got = autocheck.derivative(f)
+    assert sympy.simplify(got - expected) == 0
+    for at in (-1.25, 0.7):
+        assert float(got.subs(x, sympy.Rational(at))) == pytest.approx(_autograd_derivative(f, at), rel=1e-14)
+
+
+def test_values_under_no_grad_keep_their_value():
+    # Stopped, not dropped: the forward is unchanged, as detach() leaves it.
+    assert trace(_in_place_under_no_grad).output.item().replace(
+        lambda e: isinstance(e, Detached), lambda e: e.args[0]
+    ) == 2 * x**2
+    assert trace(lambda x: x * _double_under_no_grad(x)).output.item() == x * Detached(2 * x)
+
+
+def test_trace_follows_the_math_whatever_the_callers_grad_mode():
+    with torch.no_grad():
+        assert autocheck.derivative(lambda x: x * x) == 2 * x
+        assert autocheck.derivative(CubeSavingInput.apply) == 3 * x**2
+    with torch.inference_mode():
+        assert autocheck.derivative(lambda x: x * x) == 2 * x
+
+
+def test_function_apply_is_left_as_it_was_after_a_trace():
+    before = vars(torch.autograd.function._SingleLevelFunction).get("apply")
+    trace(_bound_apply_inside_no_grad)
+    with pytest.raises(TraceError):
+        trace(lambda x: square(x).item())
+    assert vars(torch.autograd.function._SingleLevelFunction).get("apply") is before is None
+
+
+def test_traces_in_threads_each_follow_their_own_grad_mode():
+    functions = [_apply_inside_no_grad, CubeSavingInput.apply, _bound_apply_inside_no_grad, FourthPowerNested.apply] * 4
+    results: list = [None] * len(functions)
+
+    def run(k):
+        results[k] = autocheck.derivative(functions[k])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(functions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [x**3, 3 * x**2, x**2, 4 * x**3] * 4
+    assert "apply" not in vars(torch.autograd.function._SingleLevelFunction)
+
+
+# ---- operations kept opaque, for the error model ------------------------------------
+
+
+class SigmoidByHand(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return 1 / (1 + torch.exp(-x))
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError  # never called: a trace runs forward only
+
+
+SIG = 1 / (1 + sympy.exp(-x))
+
+
+def expand(e):
+    from autocheck._error_model import expand_ops
+
+    return expand_ops(e)
+
+
+def test_a_marked_torch_operator_is_one_node_whose_value_is_its_rule():
+    out = trace(torch.sigmoid, mark=True).output.item()
+    assert isinstance(out, OpNode) and out.op == "sigmoid" and out.args == (x,)
+    assert expand(out) == SIG
+
+
+def test_arithmetic_stays_explicit_in_a_marked_trace():
+    out = trace(lambda x: x * torch.sigmoid(x) + 1, mark=True).output.item()
+    assert out.func is sympy.Add and any(isinstance(a, sympy.Mul) for a in out.args)
+
+
+def test_the_derivative_of_a_marked_trace_has_local_derivatives():
+    out = trace(lambda x: torch.exp(torch.sin(x)), mark=True).output.item()
+    derivative = sympy.diff(out, x)
+    assert all(isinstance(a, OpPartial) for a in derivative.args)
+    assert sympy.simplify(expand(derivative) - sympy.cos(x) * sympy.exp(sympy.sin(x))) == 0
+
+
+def test_a_custom_function_is_one_node():
+    out = trace(SigmoidByHand.apply, mark=True).output.item()
+    assert isinstance(out, OpNode) and out.custom and out.op == "SigmoidByHand.apply"
+    assert expand(out) == SIG
+
+
+def test_constants_and_stopped_values_are_not_nodes():
+    out = trace(lambda x: torch.exp(x.detach()) * x + torch.exp(torch.tensor(1.0)), mark=True).output.item()
+    assert not any(isinstance(a, OpNode) and a.args == (x,) for a in sympy.preorder_traversal(out))
+
+
+def test_an_unmarked_trace_has_no_nodes():
+    assert not trace(torch.sigmoid).output.item().has(OpNode)
+
+
+def test_marking_does_not_leak_into_the_next_trace():
+    trace(torch.exp, mark=True)
+    assert trace(torch.exp).output.item() == sympy.exp(x)
+
+
+def test_marked_traces_in_threads_are_their_own():
+    functions = [torch.sigmoid, torch.exp, torch.sin, torch.tanh] * 4
+    results: list = [None] * len(functions)
+
+    def run(k):
+        tr = trace(functions[k], mark=k % 2 == 0)
+        results[k] = isinstance(tr.output.item(), OpNode)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(functions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [k % 2 == 0 for k in range(len(functions))]

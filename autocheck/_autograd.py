@@ -1,0 +1,240 @@
+"""Stage 4: what autograd says.
+
+Every call of the user's function happens here, on fresh leaf tensors (the caller's
+tensors and their ``.grad`` are never touched): the gradients after ``backward`` with
+random upstream gradients, the probes that decide how a function may be evaluated, and
+gradcheck's structural checks, done exactly:
+
+* the function is deterministic (two runs on one input agree bit for bit);
+* backward is reentrant (a second backward with the same upstream gradient agrees);
+* backward leaves the tensors saved for it unchanged;
+* backward handles an undefined output gradient (``materialize_grads``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ._errors import NondeterministicFunction
+
+#: Upstream gradients are drawn for this many elements and tiled over larger outputs:
+#: drawing costs about as much as a backward, and a period this long cannot line up with
+#: any structure of a bug.
+COTANGENT_PERIOD = 4093  # prime
+
+
+def cotangent(shape: Sequence[int], dtype: torch.dtype, device: Any, generator: torch.Generator) -> torch.Tensor:
+    """Upstream gradients with |v| in [0.5, 0.9], exactly representable in every dtype.
+
+    Not 1: a backward that ignores grad_output must fail. Below 1: v * (huge) must not
+    overflow where the exact product is finite.
+    """
+    shape = tuple(shape)
+    count = 1
+    for n in shape:
+        count *= n
+    period = min(max(count, 1), COTANGENT_PERIOD)
+    steps = torch.randint(32, 58, (period,), generator=generator)
+    signs = torch.randint(0, 2, (period,), generator=generator) * 2 - 1
+    block = (signs * steps / 64.0).to(dtype=dtype, device=device)
+    if count <= period:
+        return block[:count].reshape(shape)
+    return block.repeat(-(-count // period))[:count].reshape(shape)
+
+
+# --------------------------------------------------------------------------------------
+# Running the function
+# --------------------------------------------------------------------------------------
+
+
+def _output(f: Callable[..., Any], leaves: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = f(*leaves)
+    if isinstance(out, (tuple, list)):
+        raise TypeError(
+            f"f returned a {type(out).__name__} of {len(out)} values; return a single tensor "
+            "(check each output with its own function, or sum them with weights)"
+        )
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"f returned {type(out).__name__}, not a tensor; return a tensor computed from the inputs")
+    if not out.requires_grad:
+        why = "an integer or boolean tensor" if not (out.dtype.is_floating_point or out.is_complex()) else "a tensor"
+        raise TypeError(
+            f"f returned {why} that does not require grad (dtype {out.dtype}): autograd has no gradient to check. "
+            "It does not depend on its inputs through differentiable torch operations (a constant, an integer "
+            "cast, .detach() or torch.no_grad() around all of it); return a value computed from the inputs"
+        )
+    return out
+
+
+def vjp(
+    f: Callable[..., Any],
+    values: Sequence[torch.Tensor],
+    order: int,
+    v: torch.Tensor,
+    u: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``x.grad`` for each input after ``backward(v)`` (order 2: after a second backward
+    with upstream gradients ``u`` through the graph of the first gradients).
+
+    Returns the forward value (detached) and one gradient per input, zeros where autograd
+    leaves ``.grad`` unset (the output does not depend on that input).
+    """
+    leaves = [x.detach().clone().requires_grad_(True) for x in values]
+    out = _output(f, leaves)
+    v = v.expand(out.shape) if v.shape != out.shape else v
+    if order == 1:
+        out.backward(v)
+    else:
+        firsts = torch.autograd.grad(out, leaves, v, create_graph=True, allow_unused=True)
+        connected = [(g, w) for g, w in zip(firsts, u or ()) if g is not None and g.requires_grad]
+        if connected:
+            torch.autograd.backward([g for g, _ in connected], [w.expand(g.shape) for g, w in connected])
+    return out.detach(), [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+
+
+def pointwise(
+    f: Callable[..., Any],
+    values: Sequence[torch.Tensor],
+    shape: Sequence[int],
+    order: int,
+    v: torch.Tensor,
+    u: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`vjp` one point at a time, for a function of scalars that is not elementwise over a batch."""
+    flat = [p.expand(shape).reshape(-1) for p in values]
+    forwards, grads = [], [[] for _ in values]
+    for k in range(flat[0].numel()):
+        uk = [w.reshape(-1)[k] for w in u] if u is not None else None
+        forward, g = vjp(f, [p[k] for p in flat], order, v.reshape(-1)[k], uk)
+        forwards.append(forward.reshape(()))
+        for i, gi in enumerate(g):
+            grads[i].append(gi.reshape(()))
+    return torch.stack(forwards).reshape(shape), [torch.stack(g).reshape(shape) for g in grads]
+
+
+def is_elementwise(f: Callable[..., Any], n_inputs: int, dtype: torch.dtype) -> bool:
+    """Whether ``f`` on a batch computes ``f`` of each element (compared bitwise at a few points)."""
+    probe = [torch.tensor([0.5, -1.25, 2.0, 3.5], dtype=dtype) * (k + 1) for k in range(n_inputs)]
+    try:
+        with torch.no_grad():
+            batch = f(*probe)
+            single = [f(*[p[k] for p in probe]) for k in range(4)]
+    except Exception:  # noqa: BLE001 - any failure on a batch means: evaluate point by point
+        return False
+    if not isinstance(batch, torch.Tensor) or tuple(batch.shape) != (4,):
+        return False
+    return all(
+        isinstance(s, torch.Tensor) and s.numel() == 1 and _same(batch[k], s.reshape(())) for k, s in enumerate(single)
+    )
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise agreement, nan included (log(-1) is nan both ways)."""
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+
+
+def check_deterministic(f: Callable[..., Any], values: Sequence[torch.Tensor], name: str) -> None:
+    """Run ``f`` twice on ``values``; raise :class:`NondeterministicFunction` if the results differ.
+
+    autocheck traces ``f`` once: a random draw or a counter inside it would be frozen into
+    the exact derivative and then reported as a wrong gradient.
+    """
+    with torch.no_grad():
+        first, second = f(*values), f(*values)
+    if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)):
+        return  # reported by the run itself
+    if first.shape != second.shape or not _same(first, second):
+        raise NondeterministicFunction(
+            f"{name} is not deterministic: two runs on the same input gave different values. autocheck traces "
+            "f once, so a random draw or a changing state inside it would be frozen into the exact derivative. "
+            "Draw random values from a torch.Generator seeded inside f (torch.rand(..., generator=g)), pass them "
+            "in as inputs, or give reference= with the mathematics f should compute"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# gradcheck's structural checks
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A defect of autograd's machinery (not of a value): what, and the evidence."""
+
+    headline: str
+    detail: str
+
+
+def structural_faults(
+    f: Callable[..., Any], values: Sequence[torch.Tensor], v: torch.Tensor, same: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> list[Fault]:
+    """gradcheck's checks of the backward itself, on one batch.
+
+    ``same(a, b)`` says, per element, whether two runs' gradients agree (exactly on the
+    CPU; within the check's tolerance where atomics make backward nondeterministic).
+    """
+    faults = []
+    leaves = [x.detach().clone().requires_grad_(True) for x in values]
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append((t, t.detach().clone()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = _output(f, leaves)
+    v = v.expand(out.shape) if v.shape != out.shape else v
+    first = torch.autograd.grad(out, leaves, v, retain_graph=True, allow_unused=True)
+    changed = [t for t, copy in saved if t.shape == copy.shape and not _same(t.detach(), copy)]
+    if changed:
+        shapes = ", ".join(str(tuple(t.shape)) for t in changed[:3])
+        faults.append(Fault(
+            "backward changes a tensor saved for it in place",
+            f"{len(changed)} saved tensor(s) of shape {shapes} differ after one backward; a second backward "
+            "(or the double backward) would read the changed values. Clone before modifying a saved tensor",
+        ))
+    second = torch.autograd.grad(out, leaves, v, retain_graph=True, allow_unused=True)
+    for k, (a, b) in enumerate(zip(first, second)):
+        if a is None or b is None:
+            continue
+        agree = same(a.detach(), b.detach())
+        if not bool(agree.all()):
+            index = int((~agree).reshape(-1).nonzero()[0])
+            faults.append(Fault(
+                "backward is not reentrant",
+                f"a second backward with the same upstream gradient gave a different gradient for input {k}: "
+                f"{float(a.reshape(-1)[index])!r} then {float(b.reshape(-1)[index])!r} at element {index} "
+                "(gradcheck fails this too). A backward must not depend on state it changes",
+            ))
+            break
+    fault = _undefined_gradient_fault(out, leaves)
+    if fault is not None:
+        faults.append(fault)
+    return faults
+
+
+def _undefined_gradient_fault(out: torch.Tensor, leaves: Sequence[torch.Tensor]) -> Fault | None:
+    """Backward with an undefined output gradient must work and give zero (or no) gradients,
+    as gradcheck's ``check_undefined_grad`` demands of custom Functions."""
+    undefined_grad = getattr(getattr(torch._C, "_functions", None), "UndefinedGrad", None)
+    if undefined_grad is None:  # pragma: no cover - present in every torch this supports
+        return None
+    try:
+        marked = undefined_grad()(out)
+        grads = torch.autograd.grad(marked, leaves, torch.zeros_like(marked), allow_unused=True)
+    except Exception as error:  # noqa: BLE001 - whatever the user's backward raises on None
+        return Fault(
+            "backward fails when its output gradient is undefined",
+            f"{type(error).__name__}: {str(error).splitlines()[0]}. autograd passes None for an output whose "
+            "gradient is undefined when ctx.set_materialize_grads(False) is used: treat None as zeros",
+        )
+    nonzero = [k for k, g in enumerate(grads) if g is not None and not bool((g == 0).all())]
+    if nonzero:
+        return Fault(
+            "backward gives a nonzero gradient for an undefined output gradient",
+            f"input {nonzero[0]} got a nonzero gradient although the output's gradient was undefined (all zero)",
+        )
+    return None

@@ -1,0 +1,332 @@
+"""Stage 3: how far a floating-point value may legitimately be from the exact one.
+
+One model of rounding error, in SymPy, used twice: the judgement asks how much error a
+*correct* autograd may make (:func:`autograd_allowance`), and the oracle asks whether a
+float64 evaluation of the exact derivative can be trusted (:func:`relative_bound`).
+
+The model is a first-order running error analysis: inputs are exact, every operation
+rounds its result once (one unit of roundoff of its magnitude, and at least the
+:data:`UNDERFLOW` unit for results below the normal range), and passes on its operands'
+errors weighted by its partial derivatives. A sum therefore carries the errors of its
+terms, so cancellation (2x·eˣ + x²eˣ near x = -2) is judged against the terms; and
+cos(1e5·x) carries the rounding of 1e5·x times |sin|.
+
+What autograd computes is modelled on the traced graph, not on SymPy's simplified
+derivative: the tracer can mark every operation's output as an opaque :class:`OpNode`,
+so that differentiating gives the chain rule exactly as reverse mode evaluates it (local
+derivatives as :class:`OpPartial` atoms, multiplied along paths and summed where paths
+meet). SymPy would otherwise simplify ``1 - (1 - tanh(x)**2)`` to ``tanh(x)**2`` and hide
+the cancellation that autograd really performs.
+
+Backward formulas that reuse the forward's rounded output (torch computes sigmoid' as
+y(1 - y) from y = sigmoid(x)) are modelled from :data:`OUTPUT_REUSE`: the local derivative
+is that formula of the input and of the rounded output. Near y = 1 it loses every digit,
+and any implementation that stores its output must: such results pass by default and are
+reported with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+
+from ._symbolic import finish
+from ._trace import Detached, OpNode, OpPartial
+
+__all__ = [
+    "Allowance",
+    "KERNEL_ERROR",
+    "OUTPUT_REUSE",
+    "PERTURBATION",
+    "UNDERFLOW",
+    "autograd_allowance",
+    "formula_allowance",
+    "inaccurate_kernels",
+    "relative_bound",
+    "rounding",
+]
+
+#: Stands for the absolute error of one operation whose result underflows (a gradient
+#: computed through subnormal or flushed-to-zero intermediates); the judgement substitutes
+#: the dtype's smallest normal number, scaled to its tolerance.
+UNDERFLOW = sympy.Symbol("underflow_", positive=True)
+#: Weighs the terms that perturb a value rather than round it (a user's Function held to
+#: backward stability: its inputs and saved output moved by a few units in the last place),
+#: against the rounding terms; the judgement substitutes a few roundoffs over its rtol, so
+#: that rtol's slack does not multiply them.
+PERTURBATION = sympy.Symbol("perturbation_", positive=True)
+
+#: torch's float64 special-function kernels that are less accurate than float64: the
+#: measured worst error in units of roundoff, relative to max(1, |f|), times about ten
+#: (torch 2.13, CPU). The oracle never trusts a float64 value through a kernel whose error
+#: is larger than it needs; autograd is *not* given this slack, so a gradient that goes
+#: through trigamma's kernel (digamma's backward, ~5e-10 relative) is reported.
+KERNEL_ERROR: dict[type, float] = {
+    sympy.polygamma: 5e7,
+    sympy.gamma: 1e4,
+    sympy.loggamma: 20,
+    sympy.zeta: 100,
+    sympy.erfinv: 10,
+    # erfcinv(x) = erfinv(1 - x) loses x: never trusted.
+    sympy.erfcinv: math.inf,
+    sympy.besselj: 1e11,
+    sympy.bessely: 1e11,
+    sympy.besseli: 100,
+    sympy.besselk: 100,
+    sympy.LambertW: 100,
+}
+
+
+def inaccurate_kernels(expr: sympy.Expr, accuracy: float) -> bool:
+    """Whether ``expr`` calls a kernel whose error (relative, see :data:`KERNEL_ERROR`) exceeds ``accuracy``."""
+    roundoff = 2.0**-53
+    return any(KERNEL_ERROR[type(f)] * roundoff > accuracy for f in expr.atoms(*KERNEL_ERROR))
+
+
+def _y(name: str) -> sympy.Symbol:
+    return sympy.Symbol(name, real=True)
+
+
+_A, _Y = _y("a_"), _y("y_")
+
+#: The local derivative torch's backward computes from an operation's input ``a`` and its
+#: rounded output ``y`` (tools/autograd/derivatives.yaml, where it uses ``result``). Only
+#: these formulas are given the output's rounding; every other operation's local
+#: derivative is taken to be as accurate as its kernel.
+OUTPUT_REUSE: dict[str, sympy.Expr] = {
+    "exp": _Y,
+    "exp2": _Y * sympy.log(2),
+    "expm1": _Y + 1,
+    "sigmoid": _Y * (1 - _Y),
+    "tanh": 1 - _Y**2,
+    "sqrt": 1 / (2 * _Y),
+    "rsqrt": -(_Y**3) / 2,
+    "reciprocal": -(_Y**2),
+    "tan": 1 + _Y**2,
+    "erfinv": sympy.sqrt(sympy.pi) / 2 * sympy.exp(_Y**2),
+    "special_ndtri": sympy.sqrt(2 * sympy.pi) * sympy.exp(_Y**2 / 2),
+    "special_log_ndtr": sympy.exp(-(_Y + _A**2 / 2)) / sympy.sqrt(2 * sympy.pi),
+    "special_erfcx": 2 * _A * _Y - 2 / sympy.sqrt(sympy.pi),
+    "special_i0e": sympy.besseli(1, _A) * sympy.exp(-sympy.Abs(_A)) - sympy.sign(_A) * _Y,
+    "special_i1e": sympy.besseli(0, _A) * sympy.exp(-sympy.Abs(_A)) - _Y * (sympy.sign(_A) + 1 / _A),
+    "special_i1": sympy.besseli(0, _A) - _Y / _A,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _reuse_formula(op: str, order: int) -> sympy.Expr | None:
+    """The ``order``-th local derivative as torch's backward computes it from (a, y).
+
+    Higher orders differentiate the first along the curve y = f(a), as autograd's double
+    backward differentiates the backward formula: d/da P(a, y) = ∂P/∂a + ∂P/∂y · y'.
+    """
+    first = OUTPUT_REUSE.get(op)
+    if first is None or order < 1:
+        return None
+    formula = first
+    for _ in range(order - 1):
+        formula = sympy.diff(formula, _A) + sympy.diff(formula, _Y) * first
+    return formula
+
+
+# --------------------------------------------------------------------------------------
+# The running error bound
+# --------------------------------------------------------------------------------------
+
+
+def _abs(e: Any) -> Any:
+    """|e| for real values: SymPy writes |exp(erfinv(x)**2)| with re() and im() when it
+    cannot prove the argument real; here re(a) is a and im(a) is 0."""
+    value = sympy.Abs(e)
+    if value.has(sympy.re, sympy.im):
+        value = value.replace(lambda a: isinstance(a, sympy.re), lambda a: a.args[0])
+        value = value.replace(lambda a: isinstance(a, sympy.im), lambda a: sympy.Integer(0))
+    return value
+
+
+def _exact_number(e: sympy.Expr) -> bool:
+    """A number that floating point holds exactly: an integer, or p/2**k with |p| <= 2**24
+    (exact in every dtype checked, float16's range aside)."""
+    return bool(e.is_Rational and (e.q & (e.q - 1)) == 0 and abs(e.p) <= 2**24)
+
+
+def _is_condition(e: Any) -> bool:
+    return isinstance(e, sympy.logic.boolalg.Boolean) and not isinstance(e, sympy.Expr)
+
+
+def _partial(e: sympy.Basic, k: int) -> sympy.Expr:
+    """∂e/∂(argument k), with the conventions of the derivatives (no DiracDelta)."""
+    try:
+        slope = e.fdiff(k + 1)
+    except Exception:  # noqa: BLE001 - no derivative known: count the argument's error as is
+        return sympy.Integer(1)
+    if slope.has(sympy.Derivative, sympy.Subs):
+        return sympy.Integer(1)
+    return slope.replace(lambda d: isinstance(d, sympy.DiracDelta), lambda d: sympy.Integer(0))
+
+
+class _Rounding:
+    """One evaluation of the bound, with a cache of the subexpressions seen."""
+
+    def __init__(self, kernels: bool, reuse: bool) -> None:
+        self.kernels = kernels
+        self.reuse = reuse
+        self.cache: dict[Any, Any] = {}
+
+    def __call__(self, e: Any) -> Any:
+        if e not in self.cache:
+            self.cache[e] = self._error(e)
+        return self.cache[e]
+
+    def _error(self, e: Any) -> Any:
+        error = self
+        if _is_condition(e) or isinstance(e, sympy.Symbol):
+            return sympy.Integer(0)
+        if e.is_Number or e.is_NumberSymbol:
+            return sympy.Integer(0) if _exact_number(e) else _abs(e)
+        if isinstance(e, Detached):
+            return error(e.args[0])
+        if isinstance(e, sympy.Piecewise):
+            return sympy.Piecewise(*[(error(value), condition) for value, condition in e.args])
+        if isinstance(e, (sympy.Max, sympy.Min)):
+            return sympy.Add(*map(error, e.args))  # the selection itself is exact
+        if e.is_Add:
+            return sympy.Add(*map(error, e.args)) + _abs(e) + UNDERFLOW
+        if e.is_Mul:
+            factors = e.args
+            terms = []
+            for i, a in enumerate(factors):
+                rest = sympy.Mul(*[_abs(b) for j, b in enumerate(factors) if j != i])
+                # A factor (or a partial product holding it) that underflows loses up to one
+                # underflow unit, which the remaining factors then scale up.
+                terms.append((error(a) + UNDERFLOW) * rest)
+            rounded = sum(1 for a in factors if not _exact_number(a))
+            return sympy.Add(*terms) + max(rounded - 1, 0) * _abs(e)
+        if e.is_Pow:
+            base, exponent = e.args
+            result = _abs(e) + UNDERFLOW
+            if base.free_symbols or not _exact_number(base):
+                result += _abs(exponent * base ** (exponent - 1)) * error(base)
+            if exponent.free_symbols:
+                result += _abs(e * sympy.log(_abs(base))) * error(exponent)
+            return result
+        if isinstance(e, OpPartial) and self.reuse and not e.node.custom:
+            formula = _reuse_formula(e.node.op, len(e.wrt))
+            if formula is not None and len(e.args) == 1:
+                # torch's backward formula, evaluated from the (rounded) saved output.
+                output = e.node(*e.args)
+                return error(formula.xreplace({_A: e.args[0], _Y: output}))
+        if isinstance(e, (OpNode, OpPartial)) and (e.node if isinstance(e, OpPartial) else type(e)).custom:
+            return self._custom(e)
+        if isinstance(e, sympy.Function) and e.args:
+            result = _abs(e) + UNDERFLOW
+            if self.kernels and type(e) in KERNEL_ERROR:
+                weight = KERNEL_ERROR[type(e)]
+                result += weight * (_abs(e) + 1) if math.isfinite(weight) else sympy.oo
+            for k, argument in enumerate(e.args):
+                if argument.free_symbols and not _is_condition(argument):
+                    result += _abs(_partial(e, k)) * error(argument)
+            return result
+        return _abs(e)
+
+    def _custom(self, e: Any) -> Any:
+        """A user's ``autograd.Function``: its forward and backward are formulas autocheck
+        does not see. Each is held to backward stability (by default; ``strict``: to its own
+        rounding): its value at operands perturbed by a few units in the last place, and, as
+        the backward may compute from its saved output, at that output perturbed (the
+        derivative of the local derivative along the output, which is the same whatever
+        formula of the output the backward uses)."""
+        perturbed = self.reuse
+        result = _abs(e) + UNDERFLOW
+        for k, argument in enumerate(e.args):
+            if argument.free_symbols:
+                own = PERTURBATION * _abs(argument) if perturbed else 0
+                result += _abs(_partial(e, k)) * (self(argument) + own)
+        if isinstance(e, OpPartial) and perturbed and len(e.args) == 1:
+            node = e.node(*e.args)
+            result += PERTURBATION * _abs(node * e.fdiff(1) / node.fdiff(1))
+        return result
+
+
+@functools.lru_cache(maxsize=512)
+def rounding(expr: sympy.Expr, *, kernels: bool = False, reuse: bool = True) -> sympy.Expr:
+    """A bound on the rounding error of evaluating ``expr`` in floating point.
+
+    The result is a SymPy expression in the same units as ``expr`` (multiply by the unit
+    roundoff for an absolute error), in the input symbols and :data:`UNDERFLOW`.
+    ``kernels`` adds the errors of torch's inaccurate special-function kernels
+    (:data:`KERNEL_ERROR`); ``reuse`` evaluates local derivatives that torch computes
+    from the saved output with that formula (:data:`OUTPUT_REUSE`).
+
+    >>> x = sympy.Symbol("x", real=True)
+    >>> rounding(x * x + 1).subs(UNDERFLOW, 0)
+    2*x**2 + 1
+    """
+    return _Rounding(kernels, reuse)(sympy.sympify(expr))
+
+
+def expand_ops(expr: sympy.Expr) -> sympy.Expr:
+    """Replace every :class:`OpNode` and :class:`OpPartial` by its explicit formula, with
+    the derivatives' conventions (a step's derivative and DiracDelta are 0)."""
+    while expr.has(OpNode, OpPartial):
+        expr = expr.replace(lambda e: isinstance(e, (OpNode, OpPartial)), lambda e: e.expansion())
+    return finish(expr)
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """The error model's bound for one derivative, ready to evaluate.
+
+    ``bound`` is in the input symbols, :data:`UNDERFLOW` and one placeholder per op atom;
+    ``atoms`` gives each placeholder's explicit formula (an operation's value or a local
+    derivative). The atoms are evaluated accurately first (the oracle's job: sinc's local
+    derivative ``cos(πx)/x - sin(πx)/(πx²)`` cancels to nothing in float64 at tiny x, and
+    would inflate the bound there), then ``bound`` in float64: it only adds magnitudes.
+    """
+
+    bound: sympy.Expr
+    atoms: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()
+
+
+def autograd_allowance(marked: sympy.Expr, *, strict: bool = False) -> Allowance:
+    """How much rounding error a correct autograd may put into ``marked``, a derivative
+    taken of a trace whose operations are :class:`OpNode` atoms.
+
+    By default a local derivative that torch computes from the saved output carries that
+    output's rounding (:data:`OUTPUT_REUSE`); ``strict`` holds every local derivative to
+    its kernel's accuracy. The units are those of :func:`rounding`.
+    """
+    bound = rounding(marked, reuse=not strict)
+    placeholders: dict[sympy.Basic, sympy.Symbol] = {}
+
+    def separate(e: sympy.Basic) -> sympy.Basic:
+        if isinstance(e, (OpNode, OpPartial)):
+            if e not in placeholders:
+                placeholders[e] = sympy.Dummy(f"atom{len(placeholders)}", real=True)
+            return placeholders[e]
+        if not e.args:
+            return e
+        args = [separate(a) for a in e.args]
+        return e.func(*args) if any(new is not old for new, old in zip(args, e.args)) else e
+
+    combined = separate(bound)
+    return Allowance(combined, tuple((symbol, expand_ops(atom)) for atom, symbol in placeholders.items()))
+
+
+def formula_allowance(expr: sympy.Expr) -> Allowance:
+    """The rounding of the exact formula itself, where autograd's structure is unknown (a
+    reference given for a function autocheck cannot trace)."""
+    return Allowance(rounding(expr))
+
+
+def relative_bound(expr: sympy.Expr) -> sympy.Expr:
+    """The error bound of a float64 evaluation of ``expr``, kernels included, relative to |expr|.
+
+    The oracle trusts a float64 value where this, times the unit roundoff, is within the
+    accuracy it needs.
+    """
+    return expand_ops(rounding(expr, kernels=True)) / _abs(expr)

@@ -1,0 +1,271 @@
+"""Judging one batch: autograd's gradients against the exact ones.
+
+For each batch a check draws, this module runs autograd (:mod:`._autograd`), takes the
+exact values and the error model's allowance (:mod:`._oracle`, :mod:`._error_model`) and
+hands both to the judgement (:mod:`._compare`): a function of scalars over a batch of
+points (elementwise, or one point at a time), or a function of small tensors at one point,
+through its sparse Jacobian.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import sympy
+import torch
+
+from . import _oracle, _printer
+from ._autograd import cotangent, pointwise, vjp
+from ._budget import OutOfTime
+from ._compare import OUT_OF_TIME, Elements, Refinement, Verdict, judge, kink_test
+from ._error_model import PERTURBATION, UNDERFLOW, Allowance, autograd_allowance, formula_allowance
+from ._errors import TraceError
+from ._symbolic import Derivatives, label_of
+
+#: The allowance's op atoms (local derivatives) need this relative accuracy, no more: the
+#: allowance is a bound, and a factor of two either way does not change a verdict.
+ATOM_ACCURACY = 1e-3
+
+
+@dataclass(frozen=True)
+class Exact:
+    """The exact side of a check, compiled once per derivatives and mode."""
+
+    derivatives: Derivatives
+    strict: bool
+
+    @functools.cached_property
+    def exprs(self) -> tuple[sympy.Expr, ...]:
+        return tuple(e.expr for e in self.derivatives.entries)
+
+    @functools.cached_property
+    def allowances(self) -> tuple[Allowance, ...]:
+        return tuple(
+            autograd_allowance(e.marked, strict=self.strict) if e.marked is not None else formula_allowance(e.expr)
+            for e in self.derivatives.entries
+        )
+
+    @functools.cached_property
+    def atoms(self) -> tuple[tuple[sympy.Symbol, sympy.Expr], ...]:
+        return tuple(atom for allowance in self.allowances for atom in allowance.atoms)
+
+    @functools.cached_property
+    def bounds(self) -> Callable[..., tuple[torch.Tensor, ...]]:
+        placeholders = [symbol for symbol, _ in self.atoms]
+        symbols = [*self.derivatives.symbols, UNDERFLOW, PERTURBATION, *placeholders]
+        return _printer.to_torch([a.bound for a in self.allowances], symbols)
+
+    @functools.cached_property
+    def forward(self) -> Callable[..., tuple[torch.Tensor, ...]]:
+        return _printer.to_torch([self.derivatives.forward], self.derivatives.symbols)
+
+    def allowance(self, columns: Sequence[torch.Tensor], units: tuple[float, float]) -> tuple[torch.Tensor, ...]:
+        """The error model's bound of every entry at the given points (magnitudes, float64);
+        ``units`` are the values of :data:`UNDERFLOW` and :data:`PERTURBATION`."""
+        atoms = _oracle.evaluate([e for _, e in self.atoms], self.derivatives.symbols, columns, accuracy=ATOM_ACCURACY)
+        return self.bounds(*columns, *units, *[a.abs() for a in atoms])
+
+
+@functools.lru_cache(maxsize=64)
+def exact_side(derivatives: Derivatives, strict: bool) -> Exact:
+    """One compiled exact side per derivatives and mode, shared by every check of them."""
+    return Exact(derivatives, strict)
+
+
+# --------------------------------------------------------------------------------------
+# A batch of points of a function of scalars
+# --------------------------------------------------------------------------------------
+
+
+def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Generator, *,
+                 index_shape: tuple[int, ...] | None = None, offset: int = 0) -> Verdict:
+    """One batch of points of a function of scalars (elementwise, or one point at a time)."""
+    exact = exact_side(check.derivatives, check.strict)
+    d = check.derivatives
+    n, order = len(d.names), d.order
+    shape = torch.broadcast_shapes(*[v.shape for v in values])
+    v = cotangent(shape, check.dtype, check.device, generator)
+    u = [cotangent(shape, check.dtype, check.device, generator) for _ in range(n)] if order == 2 else None
+    if check.pointwise:
+        forward, grads = pointwise(check.f, values, shape, order, v, u)
+    else:
+        forward, grads = vjp(check.f, values, order, v, u)
+    x64 = [p.to(torch.float64) for p in values]
+    fast, trusted = _oracle.fast(exact.exprs, d.symbols, x64, accuracy=check.accuracy)
+    fast = [e.expand(shape).reshape(-1) for e in fast]
+    trusted = [t.expand(shape).reshape(-1) for t in trusted]
+    points = torch.stack([p.expand(shape).reshape(-1) for p in x64], dim=1)
+    bad_input = ~torch.isfinite(points).all(dim=1)
+    skip = ~torch.isfinite(forward.to(torch.float64).expand(shape).reshape(-1)) | bad_input
+    v64 = v.to(torch.float64).reshape(-1)
+    u64 = [w.to(torch.float64).reshape(-1) for w in u] if u is not None else None
+    batch = _Batch(check, exact, points)
+    verdict = Verdict()
+    for i in range(n):
+        keys = [k for k, entry in enumerate(d.entries) if entry.wrt[-1] == i]
+        weights = [v64 if order == 1 else v64 * u64[d.entries[k].wrt[0]] for k in keys]
+        expected = sum(w * fast[k] for w, k in zip(weights, keys))
+        trust = torch.stack([trusted[k] for k in keys]).all(dim=0)
+        label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else f"d²/d{d.names[i]}·"
+        if values[i].shape == shape:
+            elements = Elements(
+                autograd=grads[i].reshape(-1), expected=expected, trusted=trust, skip=skip, skip_input=bad_input,
+                upstream=v64 if order == 1 else None, where=label, point=lambda index: points[index],
+                index=(lambda k: tuple(int(i) for i in np.unravel_index(k + offset, index_shape))) if index_shape else (lambda k: None),
+            )
+            refine = Refinement(
+                expected=lambda index, keys=keys, weights=weights: batch.expected(keys, weights, index),
+                scale=lambda index, keys=keys, weights=weights: batch.scale(keys, weights, index),
+                kink=batch.kink(keys[0], weights[0]) if order == 1 else None,
+            )
+        else:
+            elements, refine = batch.broadcast(i, grads[i], x64[i], shape, skip, label, keys, weights)
+        verdict.merge(judge(elements, refine, check.dtype, check.tol))
+    return verdict
+
+
+@dataclass
+class _Batch:
+    """The tier-two evaluations of one batch, on the elements that ask for them."""
+
+    check: Any
+    exact: Exact
+    points: torch.Tensor  # [N, n_params] float64
+
+    def _columns(self, index: torch.Tensor) -> list[torch.Tensor]:
+        return [self.points[index, j] for j in range(self.points.shape[1])]
+
+    def expected(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        """Refined weighted exact values at ``points[index]``."""
+        columns = self._columns(index)
+        scale = self.scale(keys, weights, index) * self.check.tol.rtol
+        values = _oracle.evaluate([self.exact.exprs[k] for k in keys], self.exact.derivatives.symbols, columns,
+                                  accuracy=self.check.accuracy, against=scale, deadline=self.check.deadline.at)
+        return sum(w[index] * value.reshape(-1) for w, value in zip(weights, values))
+
+    def scale(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        """|weight| times the error model's allowance at ``points[index]``."""
+        bounds = self.exact.allowance(self._columns(index), self.check.units)
+        return sum(w[index].abs() * bounds[k].reshape(-1).abs() for w, k in zip(weights, keys))
+
+    def kink(self, key: int, weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        fast = _oracle.fast_values([self.exact.exprs[key]], self.exact.derivatives.symbols)
+
+        def accepted(index: torch.Tensor, got: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+            w = weight[index]
+            at = lambda moved: w * fast(*[moved[:, j] for j in range(moved.shape[1])])[0].reshape(-1)  # noqa: E731
+            return kink_test(self.points[index], got, at, allowed, self.check.dtype)
+
+        return accepted
+
+    def broadcast(self, i: int, grad: torch.Tensor, own: torch.Tensor, shape: Any, skip: torch.Tensor,
+                  label: str, keys: Sequence[int], weights: Sequence[torch.Tensor]) -> tuple[Elements, Refinement]:
+        """A broadcast input's gradient sums over the broadcast dimensions: so does the exact side."""
+        everything = torch.arange(self.points.shape[0])
+        input_shape = own.shape
+        expected = self.expected(keys, weights, everything).reshape(shape).sum_to_size(input_shape).reshape(-1)
+        scale = self.scale(keys, weights, everything).reshape(shape).sum_to_size(input_shape).reshape(-1)
+        skipped = skip.reshape(shape).to(torch.float64).sum_to_size(input_shape).reshape(-1) > 0
+        # The row of an element of a broadcast input shows its own value; the others vary over the sum.
+        rows = torch.full((grad.numel(), self.points.shape[1]), math.nan, dtype=torch.float64)
+        rows[:, i] = own.reshape(-1).cpu()
+        elements = Elements(
+            autograd=grad.reshape(-1), expected=expected, trusted=torch.ones_like(skipped), skip=skipped,
+            skip_input=torch.zeros_like(skipped), upstream=None, where=label, point=lambda index: rows[index],
+        )
+        return elements, Refinement(expected=lambda index: expected[index], scale=lambda index: scale[index], kink=None)
+
+
+# --------------------------------------------------------------------------------------
+# A function of small tensors at one point
+# --------------------------------------------------------------------------------------
+
+
+def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.Generator) -> Verdict:
+    """One point of a function of small tensors: the whole vector-Jacobian product."""
+    exact = exact_side(check.derivatives, check.strict)
+    d = check.derivatives
+    values = [x.detach().to(device=check.device, dtype=check.dtype) for x in columns]
+    v = cotangent(d.output_shape, check.dtype, check.device, generator)
+    u = [cotangent(x.shape, check.dtype, check.device, generator) for x in values] if d.order == 2 else None
+    forward, grads = vjp(check.f, values, d.order, v, u)
+    if tuple(forward.shape) != d.output_shape:
+        raise TraceError(
+            f"f returned shape {tuple(forward.shape)} when run, but {d.output_shape} when traced; "
+            "its output shape must not depend on the values"
+        )
+    point = torch.cat([x.detach().to(torch.float64).reshape(-1).cpu() for x in values])
+    columns64 = [p.reshape(1) for p in point]
+    contract = Contraction(d, v.to(torch.float64).reshape(-1).cpu(),
+                           torch.cat([w.to(torch.float64).reshape(-1).cpu() for w in u]) if u else None)
+    bounds = exact.allowance(columns64, check.units) if exact.exprs else ()
+    scale = contract(_row(bounds).abs(), absolute=True)
+    # Each entry to the accuracy asked of its own value: entries are few, and sums of them may cancel.
+    got = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads])
+    try:
+        values_exact = _oracle.evaluate(list(exact.exprs), d.symbols, columns64, accuracy=check.accuracy,
+                                        deadline=check.deadline.at)
+    except OutOfTime:
+        verdict = Verdict()
+        verdict.skip(OUT_OF_TIME, got.numel())
+        return verdict
+    expected = contract(_row(values_exact))
+    skip = torch.full_like(got, not bool(torch.isfinite(forward.to(torch.float64)).all()), dtype=torch.bool)
+    bad = torch.full_like(skip, not bool(torch.isfinite(point).all()))
+    fast = _oracle.fast_values(list(exact.exprs), d.symbols)
+    starts = np.cumsum([0, *[x.numel() for x in values]])
+
+    def kink(index: torch.Tensor, got_k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        def at(moved: torch.Tensor) -> torch.Tensor:
+            table = torch.stack([e.expand(moved.shape[0]) for e in fast(*moved.T)], dim=1) if exact.exprs else \
+                torch.zeros(moved.shape[0], 0, dtype=torch.float64)
+            return contract(table).gather(1, index.reshape(-1, 1)).reshape(-1)
+
+        return kink_test(point.expand(len(index), -1).clone(), got_k, at, allowed, check.dtype)
+
+    def index_of(k: int) -> tuple[int, ...] | None:
+        which = int(np.searchsorted(starts, k, side="right") - 1)
+        shape = tuple(values[which].shape)
+        return tuple(int(i) for i in np.unravel_index(k - starts[which], shape)) if shape else None
+
+    elements = Elements(
+        autograd=got, expected=expected, trusted=torch.zeros_like(skip), skip=skip | bad, skip_input=bad,
+        upstream=None, where=lambda k: f"d/d{check.derivatives.names[_which(starts, k)]}" if d.order == 1 else
+        f"d²/d{check.derivatives.names[_which(starts, k)]}·",
+        point=lambda index: point[index].reshape(-1, 1), index=index_of,
+    )
+    refine = Refinement(expected=lambda index: expected[index], scale=lambda index: scale[index],
+                        kink=kink if d.order == 1 else None)
+    return judge(elements, refine, check.dtype, check.tol)
+
+
+def _which(starts: np.ndarray, k: int) -> int:
+    return int(np.searchsorted(starts, k, side="right") - 1)
+
+
+def _row(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([value.reshape(-1)[0] for value in values]) if values else torch.zeros(0, dtype=torch.float64)
+
+
+class Contraction:
+    """Vector-Jacobian products from the sparse entries of a function of small tensors:
+    what ``x.grad`` holds after backward, per flat input element."""
+
+    def __init__(self, d: Derivatives, v: torch.Tensor, u: torch.Tensor | None) -> None:
+        outputs = [int(np.ravel_multi_index(e.output, d.output_shape)) if e.output else 0 for e in d.entries]
+        self.last = torch.tensor([e.wrt[-1] for e in d.entries], dtype=torch.long)
+        weight = v[torch.tensor(outputs, dtype=torch.long)] if outputs else torch.zeros(0, dtype=torch.float64)
+        if u is not None and outputs:
+            weight = weight * u[torch.tensor([e.wrt[0] for e in d.entries], dtype=torch.long)]
+        self.weight = weight
+        self.size = len(d.symbols)
+
+    def __call__(self, values: torch.Tensor, absolute: bool = False) -> torch.Tensor:
+        """Sum the weighted entries (``[..., entries]``) into their input elements."""
+        weight = self.weight.abs() if absolute else self.weight
+        terms = values.to(torch.float64) * weight
+        return torch.zeros((*values.shape[:-1], self.size), dtype=torch.float64).index_add_(-1, self.last, terms)

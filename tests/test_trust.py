@@ -1,0 +1,232 @@
+"""One rule behind every verdict: a mismatch only where autograd is wrong for the code as
+written, and a pass only where points were really checked. Each false alarm, empty pass,
+crash and hang found on the first release is pinned here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import sympy
+import torch
+import torch.nn.functional as F
+
+import autocheck
+
+F64 = torch.float64
+
+
+def custom(forward, backward, *, save_output=False):
+    class Custom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = forward(x)
+            ctx.save_for_backward(y if save_output else x)
+            return y
+
+        @staticmethod
+        def backward(ctx, grad):
+            (saved,) = ctx.saved_tensors
+            return backward(grad, saved)
+
+    return Custom.apply
+
+
+# --------------------------------------------------------------------------------------
+# Correct code passes
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_sigmoid_passes_in_every_dtype(dtype):
+    # torch computes sigmoid' as y(1 - y) from the rounded y: near y = 1 it loses every digit,
+    # as any backward that stores its output must.
+    report = autocheck.assert_grad_matches(torch.sigmoid, dtype=dtype, seed=1)
+    assert report.ok and report.checked > 50_000
+
+
+def test_sigmoid_in_its_tail_is_reported_when_strict():
+    x = torch.tensor([12.0, 20.0, 36.0], dtype=F64)
+    with pytest.raises(autocheck.GradientMismatch, match=r"\(float64, cpu, strict\)"):
+        autocheck.assert_grad_matches(torch.sigmoid, x, strict=True, seed=0)
+
+
+def test_sigmoid_at_bfloat16_seven_passes():
+    # sigmoid(7) rounds to 1.0 in bfloat16, so autograd's y(1 - y) is 0 where the exact value is 9e-4.
+    report = autocheck.assert_grad_matches(torch.sigmoid, torch.tensor([7.0], dtype=torch.bfloat16), seed=0)
+    assert report.ok and report.checked == 1
+
+
+def test_a_custom_function_that_saves_its_output_passes():
+    sigmoid = custom(lambda x: 1 / (1 + torch.exp(-x)), lambda g, y: g * y * (1 - y), save_output=True)
+    autocheck.assert_grad_matches(sigmoid, torch.tensor([-3.0, 0.0, 12.0, 30.0, 40.0], dtype=F64), seed=0)
+
+
+@pytest.mark.parametrize(
+    "f, at",
+    [
+        (lambda x: torch.relu(x - 3), 3.0),
+        (lambda x: torch.clamp(x, min=1), 1.0),
+        (lambda x: torch.clamp(x / 6 + 0.5, 0, 1), 3.0),
+        (F.hardswish, -3.0),
+        (F.hardswish, 3.0),
+        (lambda x: torch.relu(x - 0.1), 0.1),
+    ],
+    ids=["relu(x - 3) at 3", "clamp(min=1) at 1", "hardsigmoid at 3", "hardswish at -3", "hardswish at 3",
+         "relu(x - 0.1) at 0.1"],
+)
+def test_kinks_away_from_zero_pass(f, at):
+    report = autocheck.assert_grad_matches(f, torch.tensor([at, at + 1, at - 1], dtype=F64), seed=0)
+    assert report.ok and report.kinks >= 1
+
+
+def test_kinks_are_found_by_the_search():
+    assert autocheck.assert_grad_matches(lambda x: torch.relu(x - 3), seed=0).ok
+
+
+def test_a_kink_is_not_an_excuse_for_a_wrong_value_beside_it():
+    buggy = custom(lambda x: torch.relu(x - 3), lambda g, x: g * (x >= 3).double() * 2)
+    with pytest.raises(autocheck.GradientMismatch):
+        autocheck.assert_grad_matches(buggy, torch.tensor([3.0, 4.0], dtype=F64), reference=lambda x: torch.relu(x - 3))
+
+
+def test_overflowing_terms_of_the_exact_derivative_are_computed_exactly():
+    # d/dx x*sigmoid(x) = sigmoid(x) + x*exp(-x)/(1 + exp(-x))**2: the divisor overflows
+    # float64 at x <= -355 while the derivative is -2.4e-152 there.
+    swish = custom(lambda x: x * torch.sigmoid(x), lambda g, x: g * torch.sigmoid(x) * (1 + x * torch.sigmoid(-x)))
+    x = torch.tensor([-355.0, -400.0, -700.0], dtype=F64)
+    report = autocheck.assert_grad_matches(swish, x, reference=lambda x: x * torch.sigmoid(x), seed=0)
+    assert report.checked == 3
+
+
+def test_check_and_reference_use_the_same_oracle():
+    f = lambda x: torch.log(torch.cosh(x))  # noqa: E731
+    exact = autocheck.reference(f)(torch.tensor([700.0, -700.0], dtype=F64))
+    assert exact.tolist() == [1.0, -1.0]
+    report = autocheck.check_grad(f, torch.tensor([700.0, -700.0, 3.0], dtype=F64), seed=0)
+    assert report.ok and report.checked == 3 and not report.skipped
+
+
+def test_no_grad_inside_f_is_stop_gradient():
+    def f(x):
+        with torch.no_grad():
+            scale = 2 * x
+        return x * scale
+
+    assert autocheck.assert_grad_matches(f, seed=0).ok
+
+
+def test_a_float32_constant_in_float64_code_is_exact():
+    assert autocheck.assert_grad_matches(lambda x: x * torch.tensor(0.1), seed=0).ok
+
+
+# --------------------------------------------------------------------------------------
+# No empty pass
+# --------------------------------------------------------------------------------------
+
+
+def test_every_forward_value_infinite_is_refused():
+    with pytest.raises(autocheck.NothingChecked, match=r"forward value not finite at .*choose inputs \(or domain=\)"):
+        autocheck.assert_grad_matches(torch.exp, domain={"x": (1000, 2000)}, seed=0)
+
+
+def test_nan_inputs_are_refused():
+    with pytest.raises(autocheck.NothingChecked, match=r"input not finite at 1.*pass finite inputs"):
+        autocheck.assert_grad_matches(lambda x: x * x, torch.tensor([float("nan")], dtype=F64), seed=0)
+
+
+def test_a_function_infinite_everywhere_is_refused():
+    with pytest.raises((autocheck.NothingChecked, autocheck.DomainError)):
+        autocheck.assert_grad_matches(lambda x: x * float("inf"), seed=0)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3)])
+def test_empty_tensors_are_refused_with_a_clear_error(shape):
+    with pytest.raises(autocheck.NothingChecked, match=r"every input is empty \(shape \(0"):
+        autocheck.check_grad(lambda x: x * x, torch.empty(shape, dtype=F64), seed=0)
+
+
+@pytest.mark.parametrize("rtol, atol", [(float("inf"), 0.0), (float("nan"), 0.0), (1e-6, float("inf")), (-1e-6, 0.0)])
+def test_a_tolerance_that_passes_anything_is_refused(rtol, atol):
+    with pytest.raises(ValueError, match=r"must be a finite number >= 0"):
+        autocheck.assert_grad_matches(torch.exp, rtol=rtol, atol=atol)
+
+
+def test_a_relative_tolerance_of_one_is_refused():
+    with pytest.raises(ValueError, match=r"rtol=1.0 allows errors as large as the gradient itself"):
+        autocheck.assert_grad_matches(torch.exp, rtol=1.0, atol=0.0)
+
+
+# --------------------------------------------------------------------------------------
+# Clear errors, not crashes
+# --------------------------------------------------------------------------------------
+
+
+def test_a_constant_output_is_refused():
+    with pytest.raises(TypeError, match="does not require grad"):
+        autocheck.assert_grad_matches(lambda x: torch.ones((), dtype=F64), torch.tensor([1.0], dtype=F64))
+
+
+def test_an_integer_output_is_refused():
+    with pytest.raises(TypeError, match="integer or boolean tensor that does not require grad"):
+        autocheck.assert_grad_matches(lambda x: (x * 3).long(), torch.tensor([1.5], dtype=F64))
+
+
+def test_a_variadic_function_with_inputs_is_checked():
+    report = autocheck.assert_grad_matches(lambda *a: a[0] * a[1], torch.tensor([1.0, 2.0], dtype=F64),
+                                           torch.tensor([3.0, -4.0], dtype=F64), seed=0)
+    assert report.ok and report.checked == 4
+
+
+def test_a_variadic_function_without_inputs_gets_a_clear_error():
+    with pytest.raises(autocheck.TraceError, match=r"takes \*args"):
+        autocheck.assert_grad_matches(lambda *a: a[0] * a[1])
+
+
+# --------------------------------------------------------------------------------------
+# Budgets: nothing hangs
+# --------------------------------------------------------------------------------------
+
+
+def test_digamma_far_out_on_the_negative_axis_returns():
+    report = autocheck.check_grad(torch.digamma, torch.tensor([-1e10 - 0.5], dtype=F64), seed=0)
+    assert report.checked == 1
+
+
+def test_user_code_that_loops_forever_is_interrupted():
+    def spins(x):
+        while True:
+            pass
+
+    with pytest.raises(autocheck.DeadlineExceeded, match="spins"):
+        autocheck.check_grad(spins, torch.tensor([1.0], dtype=F64), deadline=1.0)
+
+
+def test_a_search_that_runs_out_of_time_says_so():
+    report = autocheck.check_grad(lambda x: x * x * torch.exp(x), seed=0, examples=10_000, deadline=0.5)
+    assert report.ok and report.timed_out and report.checked > 0
+    assert "Stopped at the deadline" in str(report)
+
+
+def test_deadline_must_be_positive():
+    with pytest.raises(ValueError, match=r"deadline must be a positive number of seconds .* got deadline=0"):
+        autocheck.check_grad(torch.sin, deadline=0)
+
+
+def test_a_large_input_is_judged_in_chunks_within_four_times_its_memory():
+    code = (
+        "import resource, torch, autocheck\n"
+        "x = torch.linspace(-5, 5, 4_000_000, dtype=torch.float64)\n"
+        "f = lambda x: x * x * torch.exp(x)\n"
+        "autocheck.check_grad(f, x[:10], seed=0)\n"  # warm: imports, compiled callables
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "report = autocheck.check_grad(f, x, seed=0, deadline=None)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(report.checked, (after - before) * 1024 / (x.numel() * 8))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    checked, ratio = out.stdout.split()
+    assert int(checked) == 4_000_000
+    assert float(ratio) <= 4.0
