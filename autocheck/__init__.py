@@ -5,8 +5,8 @@
 x**2*exp(x) + 2*x*exp(x)
 """
 
-from ._check import assert_grad_matches as assert_grad_matches
-from ._check import check_grad as check_grad
+from ._api import assert_grad_matches as assert_grad_matches
+from ._api import check_grad as check_grad
 from ._reference import reference as reference
 from ._compare import DEFAULT_TOLERANCES as DEFAULT_TOLERANCES
 from ._errors import DeadlineExceeded as DeadlineExceeded

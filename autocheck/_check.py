@@ -1,4 +1,4 @@
-"""The pipeline put together: check_grad, assert_grad_matches and reference.
+"""One check put together: arguments checked, then a :class:`Check` run.
 
 This module checks arguments, builds one :class:`Check` (the function, its exact
 derivatives, dtype, device, order, tolerance and seed) and hands it down the stages:
@@ -19,11 +19,12 @@ import torch
 
 from ._autograd import Fault, check_deterministic, cotangent, is_elementwise, structural_faults
 from ._budget import Deadline, interrupt_after
-from ._compare import OUT_OF_TIME, Tolerance, Verdict, tolerance_for
-from ._errors import GradientMismatch, NothingChecked, TraceError
+from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
+from ._errors import NothingChecked, TraceError
 from ._report import Report, build_report
 from ._judge import exact_side, judge_points, judge_tensor
-from ._search import Domain, infer_domain, parse_domain, points_in_domain, search
+from ._printer import POLYGAMMA_STEPS_LIMIT
+from ._search import Domain, database_key, infer_domain, parse_domain, points_in_domain, search
 from ._symbolic import Derivatives, derivatives_for, names_of
 from ._trace import MAX_SYMBOLIC_ELEMENTS, default_names, function_name
 
@@ -184,9 +185,15 @@ class Check:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + batch * 7919 + 1) % 2**63)
 
     def points(self, domain: Domain, count: int, generator: torch.Generator) -> list[torch.Tensor]:
-        """``count`` points of ``domain`` where the function is real."""
-        forward = exact_side(self.derivatives, self.strict).forward
-        return points_in_domain(lambda columns: forward(*columns)[0], domain, count, self.dtype, generator, self.name)
+        """``count`` points of ``domain`` where the function is real (and autograd returns)."""
+        exact = exact_side(self.derivatives, self.strict)
+
+        def value(columns: list[torch.Tensor]) -> torch.Tensor:
+            (forward,) = exact.forward(*columns)
+            stalls = exact.stalls_torch(columns)
+            return forward if stalls is None else torch.where(stalls, torch.nan, forward)
+
+        return points_in_domain(value, domain, count, self.dtype, generator, self.name)
 
     def judge(self, columns: Sequence[torch.Tensor], batch: int = 0, *, indexed: bool = False) -> Verdict:
         """Judge every gradient element at the given points (one tensor per parameter,
@@ -237,159 +244,13 @@ class Check:
         return structural_faults(self.f, values, v, same)
 
 
-# --------------------------------------------------------------------------------------
-# Public entry points
-# --------------------------------------------------------------------------------------
-
-_AUTOMATIC = object()
-
-
-def check_grad(
-    f: Callable[..., torch.Tensor],
-    *inputs: Any,
-    reference: Any = None,
-    order: int = 1,
-    dtype: Any = None,
-    device: Any = None,
-    examples: int | None = None,
-    seed: int | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    domain: Any = None,
-    strict: bool = False,
-    deadline: Any = _AUTOMATIC,
-    settings: Any = None,
-) -> Report:
-    """Compare autograd's gradient of ``f`` with the exact symbolic derivative; return a report.
-
-    Takes the same arguments as :func:`assert_grad_matches` and never raises for a
-    mismatch: look at ``report.ok``.
-    """
-    __tracebackhide__ = True
-    _check_callable(f)
-    order = _check_order(order)
-    dtype_ = resolve_dtype(dtype)
-    device_ = resolve_device(device)
-    _check_count("examples", examples, "batches of points to draw")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed must be an integer, got seed={seed!r}")
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be True or False, got strict={strict!r}")
-    if settings is not None and not _is_settings(settings):
-        raise TypeError(f"settings must be a hypothesis.settings object, got settings={settings!r}")
-    if deadline is _AUTOMATIC:  # a search stops by itself; inputs given are all checked
-        seconds, hard = (None, HANG_LIMIT) if inputs else (DEFAULT_DEADLINE, None)
-    else:
-        seconds, hard = _check_deadline(deadline), None
-    if seconds is not None:
-        hard = HARD_DEADLINE_FACTOR * seconds + HARD_DEADLINE_GRACE
-    seed_ = seed if seed is not None else random.SystemRandom().randrange(2**32)
-    options = _Options(reference, order, dtype_, device_, examples, seed_, rtol, atol, strict,
-                       seconds, hard, seed is None, settings)
-    if inputs and domain is not None:
-        raise ValueError("domain= chooses where points are drawn; it cannot be combined with explicit inputs")
-    return _check_given(f, inputs, options) if inputs else _check_generated(f, domain, options)
-
-
-def assert_grad_matches(
-    f: Callable[..., torch.Tensor],
-    *inputs: Any,
-    reference: Any = None,
-    order: int = 1,
-    dtype: Any = None,
-    device: Any = None,
-    examples: int | None = None,
-    seed: int | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    domain: Any = None,
-    strict: bool = False,
-    deadline: Any = _AUTOMATIC,
-    settings: Any = None,
-) -> Report:
-    """Assert that autograd's gradient of ``f`` equals the exact symbolic derivative.
-
-    ``f`` is traced once into SymPy and differentiated exactly; autograd runs on fresh
-    leaf tensors (the caller's tensors and their ``.grad`` are never touched), with random
-    upstream gradients of magnitude 0.5 to 0.9 so that a backward that ignores
-    ``grad_output`` fails. Every element is judged against the exact value.
-
-    A mismatch is reported only when autograd is wrong for the code as written: results
-    that a correct backward may produce (rounding where the chain rule cancels, a local
-    derivative computed from a rounded saved output, a kink) pass.
-
-    Args:
-        f: a function of tensors written in ordinary torch code.
-        *inputs: tensors to check at. Without them, points are drawn across the whole
-            real domain of ``f`` (special values, every magnitude, bulk batches).
-        reference: the mathematics, when ``f`` cannot be traced or has a hand-written
-            backward: a function of tensors (traced instead of ``f``) or a SymPy expression
-            in symbols named after ``f``'s parameters.
-        order: 1 compares gradients; 2 compares second derivatives (through
-            ``create_graph=True``), which catches a backward that is not itself differentiable.
-        dtype: float64, float32, float16 or bfloat16. Default: the inputs' dtype, or float64.
-        device: "cpu", "cuda" or a torch.device. Default: the inputs' device, or CPU.
-        examples: batches of points when inputs are drawn (default 25: the special values,
-            then batches of 4096 points).
-        seed: makes drawn points and upstream gradients reproducible; printed on failure.
-        rtol, atol: give both, or neither for the per-dtype defaults below. An element
-            passes when ``|autograd - exact| <= atol + rtol * max(|exact|, scale)``, where
-            ``scale`` is the rounding error a correct autograd may make.
-
-            ========  =========  ========
-            dtype     rtol       atol
-            ========  =========  ========
-            float64   5.7e-14    2.2e-308
-            float32   1.5e-5     1.2e-38
-            float16   7.8e-3     6.1e-5
-            bfloat16  6.3e-2     1.2e-38
-            ========  =========  ========
-        domain: where to draw points: ``(low, high)`` for every parameter, a list with one
-            interval per parameter, or a dict by parameter name.
-        strict: for kernel authors: a local derivative computed from a rounded saved
-            output gets no allowance, so precision lost that way (sigmoid's and expm1's
-            backward in their tails) is reported.
-        deadline: seconds the check may take (default 5; None for no limit). A check that
-            runs out reports what it checked and says so; user code still running at the
-            deadline is interrupted with :class:`autocheck.DeadlineExceeded`.
-        settings: a ``hypothesis.settings``; its ``max_examples`` sets ``examples``.
-
-    Returns:
-        The :class:`Report` (``report.ok`` is True).
-
-    Raises:
-        GradientMismatch: autograd is wrong somewhere, with a message like::
-
-            gradient of <lambda> does not match the exact derivative (float64, cpu)
-            Mismatched elements: 3 / 12 (25.0%) (up to 0 allowed)
-            ...
-        NothingChecked: no gradient element could be judged (every point outside the
-            domain, every forward value infinite, NaN inputs, empty tensors).
-
-    Example:
-        >>> import torch, autocheck
-        >>> report = autocheck.assert_grad_matches(lambda x: x * x * torch.exp(x), seed=0)
-        >>> report.ok
-        True
-    """
-    __tracebackhide__ = True
-    report = check_grad(
-        f, *inputs, reference=reference, order=order, dtype=dtype, device=device, examples=examples, seed=seed,
-        rtol=rtol, atol=atol, domain=domain, strict=strict, deadline=deadline, settings=settings,
-    )
-    if not report.ok:
-        raise GradientMismatch(str(report), report=report, counterexample=report.counterexample)
-    return report
-
-
-def _is_settings(value: Any) -> bool:
-    from hypothesis import settings as hypothesis_settings
-
-    return isinstance(value, hypothesis_settings)
+AUTOMATIC: Any = object()  # deadline= not given: 5 s for a search; given inputs are all checked
 
 
 @dataclass(frozen=True)
-class _Options:
+class Options:
+    """One check's validated arguments."""
+
     reference: Any
     order: int
     dtype: torch.dtype | None
@@ -405,7 +266,43 @@ class _Options:
     settings: Any
 
 
-def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: _Options) -> Report:
+def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, device: Any, examples: Any, seed: Any,
+            rtol: Any, atol: Any, domain: Any, strict: Any, deadline: Any, settings: Any) -> Options:
+    """Check every argument of a check and resolve the defaults."""
+    _check_callable(f)
+    order = _check_order(order)
+    _check_count("examples", examples, "batches of points to draw")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an integer, got seed={seed!r}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, got strict={strict!r}")
+    if settings is not None and not _is_settings(settings):
+        raise TypeError(f"settings must be a hypothesis.settings object, got settings={settings!r}")
+    if given and domain is not None:
+        raise ValueError("domain= chooses where points are drawn; it cannot be combined with explicit inputs")
+    if deadline is AUTOMATIC:  # a search stops by itself; inputs given are all checked
+        seconds, hard = (None, HANG_LIMIT) if given else (DEFAULT_DEADLINE, None)
+    else:
+        seconds, hard = _check_deadline(deadline), None
+    if seconds is not None:
+        hard = HARD_DEADLINE_FACTOR * seconds + HARD_DEADLINE_GRACE
+    seed_ = seed if seed is not None else random.SystemRandom().randrange(2**32)
+    return Options(reference, order, resolve_dtype(dtype), resolve_device(device), examples, seed_, rtol, atol,
+                   strict, seconds, hard, seed is None, settings)
+
+
+def _is_settings(value: Any) -> bool:
+    from hypothesis import settings as hypothesis_settings
+
+    return isinstance(value, hypothesis_settings)
+
+
+def run(f: Callable[..., Any], inputs: Sequence[Any], domain: Any, options: Options) -> Report:
+    """One check: at the given inputs, or searched over ``domain``."""
+    return _check_given(f, inputs, options) if inputs else _check_generated(f, domain, options)
+
+
+def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: Options) -> Report:
     declared = names_of(f, options.reference, len(inputs))
     names = declared or default_names(len(inputs))
     tensors = [_check_input(x, k, names[k] if k < len(names) else f"input {k}") for k, x in enumerate(inputs)]
@@ -426,10 +323,17 @@ def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: _Options
     derivatives = derivatives_for(f, options.reference, names, shapes, dtype, options.order)
     check = Check(f, name, derivatives, dtype, device, tol, options.strict, mode, options.seed,
                   Deadline.after(options.seconds))
+    stalls = exact_side(derivatives, options.strict).stalls_torch([v.to(torch.float64) for v in values])
+    if stalls is not None and mode != TENSOR:
+        raise ValueError(
+            f"autograd would not return at {int(stalls.sum())} of the inputs: the derivative calls torch's polygamma "
+            f"of order 2 or more below {-POLYGAMMA_STEPS_LIMIT:g}, which torch computes one unit step at a time "
+            "(minutes at -1e10). Check closer to zero"
+        )
     with _hang_limit(name, options):
         verdict = check.judge(values, indexed=mode != TENSOR)
         faults = check.faults(values)
-    _require_checked(check, verdict, "the given inputs")
+    require_checked(verdict, check.name, "the given inputs", check.dtype)
     return build_report(check, verdict, faults, inputs=values, reference=options.reference,
                         timed_out=check.deadline.expired())
 
@@ -462,7 +366,7 @@ def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any)
     return TENSOR
 
 
-def _check_generated(f: Callable[..., Any], domain: Any, options: _Options) -> Report:
+def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Report:
     dtype = options.dtype or torch.float64
     device = options.device or torch.device("cpu")
     tol = tolerance_for(dtype, options.rtol, options.atol)
@@ -484,15 +388,15 @@ def _check_generated(f: Callable[..., Any], domain: Any, options: _Options) -> R
         found = search(
             check, dom, dtype, examples=examples, seed=options.seed, deadline=check.deadline,
             draw_batch=lambda g: check.points(dom, BULK_POINTS if elementwise else POINTWISE_POINTS, g),
-            database_key=_database_key(check) if options.unseeded else None,
+            database_key=database_key(check.f, name, derivatives.formula, dtype) if options.unseeded else None,
         )
         faults = check.faults(probe)
-    _require_checked(check, found.verdict, f"the {found.points} points drawn from {dom.describe()}")
+    require_checked(found.verdict, name, f"the {found.points} points drawn from {dom.describe()}", dtype)
     return build_report(check, found.verdict, faults, counterexample=found.counterexample, domain=dom,
                         reference=options.reference, timed_out=found.timed_out)
 
 
-def _hang_limit(name: str, options: _Options) -> Any:
+def _hang_limit(name: str, options: Options) -> Any:
     """Interrupts the judgement if the function never returns (the search stops by itself)."""
     what = f"checking the gradient of {name}"
     fix = "If f itself never returns, fix it; else pass a larger deadline= (or deadline=None for no limit)."
@@ -503,27 +407,3 @@ def _prefix(values: Sequence[torch.Tensor], count: int) -> list[torch.Tensor]:
     """The first ``count`` points of broadcastable inputs, as flat tensors."""
     shape = torch.broadcast_shapes(*[v.shape for v in values])
     return [v.expand(shape).reshape(-1)[:count] for v in values]
-
-
-def _require_checked(check: Check, verdict: Verdict, where: str) -> None:
-    """No empty pass: a check that judged nothing fails, saying why and what to do."""
-    if verdict.checked or verdict.failed:
-        return
-    reasons = ", ".join(f"{why} at {count}" for why, count in verdict.skipped.items()) or "nothing to judge"
-    fix = {
-        "input not finite": "pass finite inputs (NaN and infinity have no derivative to check)",
-        "forward value not finite": "choose inputs (or domain=) where f is finite",
-        "exact derivative not finite": "choose inputs (or domain=) where f is differentiable",
-        OUT_OF_TIME: "pass a larger deadline= (seconds), or deadline=None for no limit",
-    }
-    hints = "; ".join(fix[why] for why in verdict.skipped if why in fix) or "choose other inputs"
-    raise NothingChecked(
-        f"no gradient element of {check.name} was checked at {where} ({check.dtype}): {reasons}. {hints}"
-    )
-
-
-def _database_key(check: Check) -> bytes:
-    import hashlib
-
-    text = f"{getattr(check.f, '__module__', '')}.{check.name}|{check.derivatives.formula}|{check.dtype}|{check.order}"
-    return b"autocheck:" + hashlib.sha256(text.encode()).hexdigest()[:24].encode()

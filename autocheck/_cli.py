@@ -213,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"autocheck {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, TypeError) as error:
+    except (UsageError, ValueError, TypeError, TimeoutError) as error:
         # ValueError and TypeError cover the library's input errors (ExpressionError,
-        # TraceError, DomainError, TranslationError), whose messages say what to change.
+        # TraceError, DomainError, TranslationError, NothingChecked), TimeoutError its budgets
+        # (DeadlineExceeded): their messages say what to change.
         print(f"autocheck {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - most likely raised inside the user's function
@@ -749,7 +750,7 @@ def _run_check(args: argparse.Namespace, dtype: Any, device: Any, seed: int) -> 
     import torch
 
     from ._autograd import is_elementwise
-    from ._check import check_grad
+    from ._api import check_grad
     from ._search import infer_domain, parse_domain
 
     target = _target(args.function, args.reference)
@@ -801,7 +802,7 @@ def _counterexample(run: _Run, columns: list[Any] | None) -> tuple[float, ...] |
     the simplest of the eight simplest points that fails when checked alone."""
     import torch
 
-    from ._check import check_grad
+    from ._api import check_grad
     from ._search import simplicity
 
     found = run.report.counterexample
@@ -938,11 +939,8 @@ def _finite(value: Any) -> Any:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    import itertools
-
-    import sympy
-
-    from ._symbolic import diff
+    from ._budget import interrupt_after
+    from ._symbolic import SYMBOLIC_BUDGET
 
     if not 1 <= args.order <= MAX_DIFF_ORDER:
         raise UsageError(f"--order must be between 1 and {MAX_DIFF_ORDER}, got {args.order}")
@@ -955,10 +953,23 @@ def _diff(args: argparse.Namespace) -> int:
             raise UsageError(f"the formula {args.function!r} has no variables to differentiate by")
         expr, symbols = parsed.expr, list(parsed.symbols)
     names = [s.name for s in symbols]
+    what = f"differentiating {args.function} to order {args.order}"
+    with interrupt_after(SYMBOLIC_BUDGET, what, "Lower --order, or simplify the formula."):
+        _print_derivatives(args, expr, symbols, names)
+    return 0
+
+
+def _print_derivatives(args: argparse.Namespace, expr: Any, symbols: list[Any], names: list[str]) -> None:
+    import itertools
+
+    import sympy
+
+    from ._symbolic import diff
+
     if len(symbols) == 1:
         result = diff(expr, *[symbols[0]] * args.order)
         print(sympy.latex(result) if args.latex else str(result))
-        return 0
+        return
     for key in itertools.combinations_with_replacement(range(len(symbols)), args.order):
         result = diff(expr, *[symbols[i] for i in key])
         if args.latex:
@@ -969,7 +980,6 @@ def _diff(args: argparse.Namespace) -> int:
             print(rf"\frac{{{top}}}{{{below}}} = {sympy.latex(result)}")
         else:
             print(f"{_label(names, key)} = {result}")
-    return 0
 
 
 # --------------------------------------------------------------------------------------

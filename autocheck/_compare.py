@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import torch
 
 from ._budget import OutOfTime
+from ._errors import NothingChecked
 
 
 class Tolerance(NamedTuple):
@@ -206,7 +207,7 @@ class Refinement:
     """The tier-two evaluations, on the elements that did not pass the cheap test."""
 
     expected: Callable[[torch.Tensor], torch.Tensor]  # indices -> refined expected values
-    scale: Callable[[torch.Tensor], torch.Tensor]  # indices -> |cotangent| * allowance of the error model
+    slack: Callable[[torch.Tensor], torch.Tensor]  # indices -> rtol * |cotangent| * the error model's bound
     # (indices, autograd, allowed) -> accepted at a kink; None where no kink test applies (order 2)
     kink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
 
@@ -249,8 +250,8 @@ def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_
         return verdict
     finite = torch.isfinite(expected)
     verdict.skip(NOT_FINITE_EXACT, int((~finite).sum()))
-    scale = refine.scale(rest).reshape(-1).to(got.device).nan_to_num(nan=0.0, posinf=info.max)
-    allowed = tol.atol + tol.rtol * torch.maximum(expected.abs(), scale)
+    slack = refine.slack(rest).reshape(-1).to(got.device).nan_to_num(nan=0.0)
+    allowed = tol.atol + torch.maximum(tol.rtol * expected.abs(), slack)
     difference = (got - expected).abs()
     within = (difference <= allowed) & torch.isfinite(got)
     # An exact value beyond the dtype's range rounds to inf: then inf is the right answer.
@@ -366,8 +367,16 @@ def _gap(values: torch.Tensor) -> torch.Tensor:
     return (values.amax(0) - values.amin(0)).nan_to_num(nan=0.0)
 
 
-def merge_all(verdicts: Sequence[Verdict]) -> Verdict:
-    total = Verdict()
-    for v in verdicts:
-        total.merge(v)
-    return total
+def require_checked(verdict: Verdict, name: str, where: str, dtype: torch.dtype) -> None:
+    """No empty pass: a check that judged nothing fails, saying why and what to do."""
+    if verdict.checked or verdict.failed:
+        return
+    reasons = ", ".join(f"{why} at {count}" for why, count in verdict.skipped.items()) or "nothing to judge"
+    fix = {
+        NOT_FINITE_INPUT: "pass finite inputs (NaN and infinity have no derivative to check)",
+        NOT_FINITE_FORWARD: "choose inputs (or domain=) where f is finite",
+        NOT_FINITE_EXACT: "choose inputs (or domain=) where f is differentiable",
+        OUT_OF_TIME: "pass a larger deadline= (seconds), or deadline=None for no limit",
+    }
+    hints = "; ".join(fix[why] for why in verdict.skipped if why in fix) or "choose other inputs"
+    raise NothingChecked(f"no gradient element of {name} was checked at {where} ({dtype}): {reasons}. {hints}")

@@ -46,6 +46,7 @@ __all__ = [
     "autograd_allowance",
     "formula_allowance",
     "inaccurate_kernels",
+    "kernel_error",
     "relative_bound",
     "rounding",
 ]
@@ -54,10 +55,10 @@ __all__ = [
 #: computed through subnormal or flushed-to-zero intermediates); the judgement substitutes
 #: the dtype's smallest normal number, scaled to its tolerance.
 UNDERFLOW = sympy.Symbol("underflow_", positive=True)
-#: Weighs the terms that perturb a value rather than round it (a user's Function held to
-#: backward stability: its inputs and saved output moved by a few units in the last place),
-#: against the rounding terms; the judgement substitutes a few roundoffs over its rtol, so
-#: that rtol's slack does not multiply them.
+#: Weighs the terms that perturb a value rather than round it (an operation held to backward
+#: stability: its operands, and a user Function's saved output, moved by a few units in the
+#: last place) against the rounding terms; the judgement substitutes a few roundoffs over
+#: its rtol, so that rtol's slack does not multiply them.
 PERTURBATION = sympy.Symbol("perturbation_", positive=True)
 
 #: torch's float64 special-function kernels that are less accurate than float64: the
@@ -81,10 +82,22 @@ KERNEL_ERROR: dict[type, float] = {
 }
 
 
+#: Bessel functions torch has kernels for only at orders 0 and 1; the printer reaches the
+#: others by recurrence, which is inaccurate upward for J and I.
+_RECURRED = (sympy.besselj, sympy.besseli)
+
+
+def kernel_error(f: sympy.Function) -> float:
+    """The error of the torch kernel of one function call (see :data:`KERNEL_ERROR`)."""
+    if isinstance(f, _RECURRED) and f.args[0] not in (0, 1):
+        return math.inf
+    return KERNEL_ERROR.get(type(f), 0.0)
+
+
 def inaccurate_kernels(expr: sympy.Expr, accuracy: float) -> bool:
     """Whether ``expr`` calls a kernel whose error (relative, see :data:`KERNEL_ERROR`) exceeds ``accuracy``."""
     roundoff = 2.0**-53
-    return any(KERNEL_ERROR[type(f)] * roundoff > accuracy for f in expr.atoms(*KERNEL_ERROR))
+    return any(kernel_error(f) * roundoff > accuracy for f in expr.atoms(*KERNEL_ERROR))
 
 
 def _y(name: str) -> sympy.Symbol:
@@ -220,12 +233,12 @@ class _Rounding:
                 # torch's backward formula, evaluated from the (rounded) saved output.
                 output = e.node(*e.args)
                 return error(formula.xreplace({_A: e.args[0], _Y: output}))
-        if isinstance(e, (OpNode, OpPartial)) and (e.node if isinstance(e, OpPartial) else type(e)).custom:
-            return self._custom(e)
+        if isinstance(e, (OpNode, OpPartial)):
+            return self._op(e)
         if isinstance(e, sympy.Function) and e.args:
             result = _abs(e) + UNDERFLOW
             if self.kernels and type(e) in KERNEL_ERROR:
-                weight = KERNEL_ERROR[type(e)]
+                weight = kernel_error(e)
                 result += weight * (_abs(e) + 1) if math.isfinite(weight) else sympy.oo
             for k, argument in enumerate(e.args):
                 if argument.free_symbols and not _is_condition(argument):
@@ -233,22 +246,29 @@ class _Rounding:
             return result
         return _abs(e)
 
-    def _custom(self, e: Any) -> Any:
-        """A user's ``autograd.Function``: its forward and backward are formulas autocheck
-        does not see. Each is held to backward stability (by default; ``strict``: to its own
-        rounding): its value at operands perturbed by a few units in the last place, and, as
-        the backward may compute from its saved output, at that output perturbed (the
-        derivative of the local derivative along the output, which is the same whatever
-        formula of the output the backward uses)."""
+    def _op(self, e: Any) -> Any:
+        """One operation's value or local derivative, computed by its kernel (or, for a user's
+        ``autograd.Function``, by formulas autocheck does not see).
+
+        It rounds once and carries its operands' errors. By default (not ``strict``) it is
+        also held only to backward stability: its value at operands perturbed by a few units
+        in the last place (the derivative of silu has a root near -1.28, where torch's kernel
+        for it cancels as any must); and a user's Function, whose backward may compute from
+        its saved output by any formula, at that output perturbed (the derivative of the
+        local derivative along the output, whatever the formula).
+        """
+        node = e.node if isinstance(e, OpPartial) else type(e)
         perturbed = self.reuse
         result = _abs(e) + UNDERFLOW
         for k, argument in enumerate(e.args):
             if argument.free_symbols:
-                own = PERTURBATION * _abs(argument) if perturbed else 0
+                # The kernel may underflow in an intermediate of its operand (grad * x / y with
+                # grad * x subnormal): an absolute error of one underflow unit there.
+                own = PERTURBATION * _abs(argument) + UNDERFLOW if perturbed else 0
                 result += _abs(_partial(e, k)) * (self(argument) + own)
-        if isinstance(e, OpPartial) and perturbed and len(e.args) == 1:
-            node = e.node(*e.args)
-            result += PERTURBATION * _abs(node * e.fdiff(1) / node.fdiff(1))
+        if node.custom and isinstance(e, OpPartial) and perturbed and len(e.args) == 1:
+            value = node(*e.args)
+            result += PERTURBATION * _abs(value * e.fdiff(1) / value.fdiff(1))
         return result
 
 
@@ -300,6 +320,8 @@ def autograd_allowance(marked: sympy.Expr, *, strict: bool = False) -> Allowance
     output's rounding (:data:`OUTPUT_REUSE`); ``strict`` holds every local derivative to
     its kernel's accuracy. The units are those of :func:`rounding`.
     """
+    if sympy.count_ops(marked, visual=False) > MAX_MODELLED_OPS:
+        return magnitude_allowance(expand_ops(marked))
     bound = rounding(marked, reuse=not strict)
     placeholders: dict[sympy.Basic, sympy.Symbol] = {}
 
@@ -320,7 +342,32 @@ def autograd_allowance(marked: sympy.Expr, *, strict: bool = False) -> Allowance
 def formula_allowance(expr: sympy.Expr) -> Allowance:
     """The rounding of the exact formula itself, where autograd's structure is unknown (a
     reference given for a function autocheck cannot trace)."""
+    if sympy.count_ops(expr, visual=False) > MAX_MODELLED_OPS:
+        return magnitude_allowance(expr)
     return Allowance(rounding(expr))
+
+
+#: Derivatives with more operations than this get the cruder :func:`magnitude_allowance`:
+#: the running bound of one grows about quadratically with its size (a product of 40
+#: factors at order 2 gives a bound too deep for Python to compile).
+MAX_MODELLED_OPS = 2000
+
+
+def magnitude_allowance(expr: sympy.Expr) -> Allowance:
+    """A bound for a large derivative: its operation count times its value with every sum
+    replaced by the sum of its terms' magnitudes (each operation's rounding and every
+    cancellation accounted for, first-order, without following them one by one)."""
+    ops = sympy.count_ops(expr, visual=False)
+
+    def magnitudes(e: sympy.Basic) -> sympy.Basic:
+        if not e.args or _is_condition(e):
+            return e
+        args = [magnitudes(a) for a in e.args]
+        if e.is_Add:
+            return sympy.Add(*[_abs(a) for a in args])
+        return e.func(*args)
+
+    return Allowance((ops + 1) * (_abs(magnitudes(expr)) + UNDERFLOW))
 
 
 def relative_bound(expr: sympy.Expr) -> sympy.Expr:

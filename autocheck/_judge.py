@@ -29,6 +29,7 @@ from ._symbolic import Derivatives, label_of
 #: The allowance's op atoms (local derivatives) need this relative accuracy, no more: the
 #: allowance is a bound, and a factor of two either way does not change a verdict.
 ATOM_ACCURACY = 1e-3
+_RTOL = sympy.Symbol("rtol_", positive=True)
 
 
 @dataclass(frozen=True)
@@ -54,20 +55,59 @@ class Exact:
         return tuple(atom for allowance in self.allowances for atom in allowance.atoms)
 
     @functools.cached_property
+    def _bound_symbols(self) -> list[sympy.Symbol]:
+        return [*self.derivatives.symbols, UNDERFLOW, PERTURBATION, _RTOL, *[symbol for symbol, _ in self.atoms]]
+
+    @functools.cached_property
+    def _bound_exprs(self) -> list[sympy.Expr]:
+        # rtol times the bound, in that order: the bound alone may overflow where the slack does not.
+        return [_RTOL * a.bound for a in self.allowances]
+
+    @functools.cached_property
     def bounds(self) -> Callable[..., tuple[torch.Tensor, ...]]:
-        placeholders = [symbol for symbol, _ in self.atoms]
-        symbols = [*self.derivatives.symbols, UNDERFLOW, PERTURBATION, *placeholders]
-        return _printer.to_torch([a.bound for a in self.allowances], symbols)
+        return _printer.to_torch(self._bound_exprs, self._bound_symbols)
 
     @functools.cached_property
     def forward(self) -> Callable[..., tuple[torch.Tensor, ...]]:
         return _printer.to_torch([self.derivatives.forward], self.derivatives.symbols)
 
-    def allowance(self, columns: Sequence[torch.Tensor], units: tuple[float, float]) -> tuple[torch.Tensor, ...]:
-        """The error model's bound of every entry at the given points (magnitudes, float64);
-        ``units`` are the values of :data:`UNDERFLOW` and :data:`PERTURBATION`."""
+    @functools.cached_property
+    def _slow_arguments(self) -> Callable[..., tuple[torch.Tensor, ...]] | None:
+        args = sorted({p.args[1] for e in self.exprs for p in e.atoms(sympy.polygamma) if p.args[0] >= 2}, key=str)
+        return _printer.to_torch(args, self.derivatives.symbols) if args else None
+
+    def stalls_torch(self, columns: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """Points where autograd would call torch's polygamma of order 2 or more far out on
+        the negative axis, which steps up one unit at a time (minutes at -1e10) and cannot be
+        interrupted; None where there are none."""
+        if self._slow_arguments is None:
+            return None
+        shape = torch.broadcast_shapes(*[c.shape for c in columns])
+        stalls = torch.zeros(shape, dtype=torch.bool)
+        for argument in self._slow_arguments(*columns):
+            stalls |= (argument < -_printer.POLYGAMMA_STEPS_LIMIT).expand(shape).cpu()
+        return stalls if bool(stalls.any()) else None
+
+    def slack(self, columns: Sequence[torch.Tensor], units: tuple[float, float], rtol: float) -> list[torch.Tensor]:
+        """rtol times the error model's bound of every entry at the given points (float64,
+        magnitudes); ``units`` are the values of :data:`UNDERFLOW` and :data:`PERTURBATION`.
+
+        The local derivatives inside the bound are evaluated by the oracle (they may cancel),
+        and so is the bound itself where float64 overflows on its way to a finite slack.
+        """
         atoms = _oracle.evaluate([e for _, e in self.atoms], self.derivatives.symbols, columns, accuracy=ATOM_ACCURACY)
-        return self.bounds(*columns, *units, *[a.abs() for a in atoms])
+        arguments = [*columns, *units, rtol, *[a.abs() for a in atoms]]
+        slack = [b.abs() for b in self.bounds(*arguments)]
+        for k, values in enumerate(slack):
+            lost = ~torch.isfinite(values)
+            if bool(lost.any()):
+                index = lost.nonzero(as_tuple=True)
+                again = [torch.as_tensor(a, dtype=torch.float64).expand(values.shape)[index] for a in arguments]
+                (exact,) = _oracle.evaluate([self._bound_exprs[k]], self._bound_symbols, again, accuracy=ATOM_ACCURACY)
+                values = values.clone()
+                values[index] = exact.abs().to(values.device)
+                slack[k] = values
+        return slack
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,7 +159,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
             )
             refine = Refinement(
                 expected=lambda index, keys=keys, weights=weights: batch.expected(keys, weights, index),
-                scale=lambda index, keys=keys, weights=weights: batch.scale(keys, weights, index),
+                slack=lambda index, keys=keys, weights=weights: batch.slack(keys, weights, index),
                 kink=batch.kink(keys[0], weights[0]) if order == 1 else None,
             )
         else:
@@ -142,15 +182,15 @@ class _Batch:
     def expected(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """Refined weighted exact values at ``points[index]``."""
         columns = self._columns(index)
-        scale = self.scale(keys, weights, index) * self.check.tol.rtol
+        scale = self.slack(keys, weights, index)
         values = _oracle.evaluate([self.exact.exprs[k] for k in keys], self.exact.derivatives.symbols, columns,
                                   accuracy=self.check.accuracy, against=scale, deadline=self.check.deadline.at)
         return sum(w[index] * value.reshape(-1) for w, value in zip(weights, values))
 
-    def scale(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
-        """|weight| times the error model's allowance at ``points[index]``."""
-        bounds = self.exact.allowance(self._columns(index), self.check.units)
-        return sum(w[index].abs() * bounds[k].reshape(-1).abs() for w, k in zip(weights, keys))
+    def slack(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        """|weight| times the error model's slack (rtol times its bound) at ``points[index]``."""
+        slack = self.exact.slack(self._columns(index), self.check.units, self.check.tol.rtol)
+        return sum(w[index].abs() * slack[k].reshape(-1) for w, k in zip(weights, keys))
 
     def kink(self, key: int, weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         fast = _oracle.fast_values([self.exact.exprs[key]], self.exact.derivatives.symbols)
@@ -168,7 +208,7 @@ class _Batch:
         everything = torch.arange(self.points.shape[0])
         input_shape = own.shape
         expected = self.expected(keys, weights, everything).reshape(shape).sum_to_size(input_shape).reshape(-1)
-        scale = self.scale(keys, weights, everything).reshape(shape).sum_to_size(input_shape).reshape(-1)
+        slack = self.slack(keys, weights, everything).reshape(shape).sum_to_size(input_shape).reshape(-1)
         skipped = skip.reshape(shape).to(torch.float64).sum_to_size(input_shape).reshape(-1) > 0
         # The row of an element of a broadcast input shows its own value; the others vary over the sum.
         rows = torch.full((grad.numel(), self.points.shape[1]), math.nan, dtype=torch.float64)
@@ -177,7 +217,7 @@ class _Batch:
             autograd=grad.reshape(-1), expected=expected, trusted=torch.ones_like(skipped), skip=skipped,
             skip_input=torch.zeros_like(skipped), upstream=None, where=label, point=lambda index: rows[index],
         )
-        return elements, Refinement(expected=lambda index: expected[index], scale=lambda index: scale[index], kink=None)
+        return elements, Refinement(expected=lambda index: expected[index], slack=lambda index: slack[index], kink=None)
 
 
 # --------------------------------------------------------------------------------------
@@ -202,8 +242,8 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
     columns64 = [p.reshape(1) for p in point]
     contract = Contraction(d, v.to(torch.float64).reshape(-1).cpu(),
                            torch.cat([w.to(torch.float64).reshape(-1).cpu() for w in u]) if u else None)
-    bounds = exact.allowance(columns64, check.units) if exact.exprs else ()
-    scale = contract(_row(bounds).abs(), absolute=True)
+    bounds = exact.slack(columns64, check.units, check.tol.rtol) if exact.exprs else ()
+    slack = contract(_row(bounds), absolute=True)
     # Each entry to the accuracy asked of its own value: entries are few, and sums of them may cancel.
     got = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads])
     try:
@@ -238,7 +278,7 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
         f"d²/d{check.derivatives.names[_which(starts, k)]}·",
         point=lambda index: point[index].reshape(-1, 1), index=index_of,
     )
-    refine = Refinement(expected=lambda index: expected[index], scale=lambda index: scale[index],
+    refine = Refinement(expected=lambda index: expected[index], slack=lambda index: slack[index],
                         kink=kink if d.order == 1 else None)
     return judge(elements, refine, check.dtype, check.tol)
 

@@ -48,7 +48,7 @@ import torch
 
 from autocheck import _precise, _printer
 from autocheck._budget import OutOfTime
-from autocheck._error_model import KERNEL_ERROR, UNDERFLOW, relative_bound
+from autocheck._error_model import KERNEL_ERROR, UNDERFLOW, kernel_error, relative_bound
 
 __all__ = ["TRUSTED_ERROR", "evaluate", "fast", "fast_values"]
 
@@ -80,7 +80,7 @@ class _Plan:
 def _plan(exprs: tuple[sympy.Expr, ...], symbols: tuple[sympy.Symbol, ...], registrations: int) -> _Plan:
     probes = [_overflow_probe(e) for e in exprs]
     values = _printer.to_torch([*exprs, *probes], symbols)
-    kernels = tuple(max([KERNEL_ERROR[type(f)] for f in e.atoms(*KERNEL_ERROR)], default=0.0) for e in exprs)
+    kernels = tuple(max([kernel_error(f) for f in e.atoms(*KERNEL_ERROR)], default=0.0) for e in exprs)
     return _Plan(exprs, symbols, values, kernels)
 
 

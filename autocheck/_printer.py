@@ -32,7 +32,8 @@ Conventions where SymPy has no real floating-point value:
   negative number are nan, as in torch.
 * float16 and bfloat16 inputs are evaluated in float32 and rounded back, both
   for accuracy and because several torch kernels have no half versions on CPU.
-* Only what torch has: ``besselj/bessely/besseli/besselk`` of orders 0 and 1,
+* Bessel ``besselj/bessely/besseli/besselk`` of any integer order (torch's kernels of
+  orders 0 and 1, and the recurrence),
   ``LambertW`` on its principal branch (Halley's iteration, a few ULP);
   anything else raises :class:`TranslationError` with the registration that
   fixes it.
@@ -208,6 +209,21 @@ def _reciprocal_of(function: Callable[[torch.Tensor], torch.Tensor]) -> Callable
     return lambda x: torch.reciprocal(function(x))
 
 
+#: torch's polygamma of order 2 and up steps x up to the positive axis one unit at a time:
+#: at x = -1e7 it takes 0.15 s, at -1e10 minutes. Below this the value is left to the
+#: high-precision tier (nan here, which the oracle re-evaluates).
+POLYGAMMA_STEPS_LIMIT = 1e5
+
+
+def _polygamma(order: int, x: torch.Tensor) -> torch.Tensor:
+    if order < 2:
+        return torch.special.polygamma(order, x)
+    slow = x < -POLYGAMMA_STEPS_LIMIT
+    if not bool(slow.any()):
+        return torch.special.polygamma(order, x)
+    return _nan_where(slow, torch.special.polygamma(order, torch.where(slow, torch.ones_like(x), x)))
+
+
 class _EveryOrder(Mapping):
     """Order -> kernel for a torch function that takes the order as an int (polygamma)."""
 
@@ -224,6 +240,24 @@ class _EveryOrder(Mapping):
 
     def __len__(self) -> int:
         return 3
+
+
+def _bessel_orders(zero: Callable[[torch.Tensor], torch.Tensor], one: Callable[[torch.Tensor], torch.Tensor],
+                   sign: int, flip: int) -> _EveryOrder:
+    """Bessel functions of every integer order from torch's kernels of orders 0 and 1 and
+    the recurrence ``B(n+1) = flip * B(n-1) + sign * (2n/x) B(n)``. Upward recurrence is
+    inaccurate for J and I where x < n: the oracle never trusts their float64 values
+    (:func:`autocheck._error_model.kernel_error`)."""
+
+    def order(n: int, x: torch.Tensor) -> torch.Tensor:
+        previous, current = zero(x), one(x)
+        if n == 0:
+            return previous
+        for k in range(1, n):
+            previous, current = current, flip * previous + sign * (2 * k / x) * current
+        return current
+
+    return _EveryOrder(order)
 
 
 _BUILTIN_TORCH: dict[type, Implementation | Mapping[int, Implementation]] = {
@@ -277,11 +311,11 @@ _BUILTIN_TORCH: dict[type, Implementation | Mapping[int, Implementation]] = {
     sympy.zeta: _zeta,
     sympy.LambertW: _lambert_w,
     # The first argument is an order: it picks the kernel when the code is printed.
-    sympy.polygamma: _EveryOrder(torch.special.polygamma),
-    sympy.besselj: {0: "torch.special.bessel_j0", 1: "torch.special.bessel_j1"},
-    sympy.bessely: {0: "torch.special.bessel_y0", 1: "torch.special.bessel_y1"},
-    sympy.besseli: {0: "torch.special.i0", 1: "torch.special.i1"},
-    sympy.besselk: {0: "torch.special.modified_bessel_k0", 1: "torch.special.modified_bessel_k1"},
+    sympy.polygamma: _EveryOrder(_polygamma),
+    sympy.besselj: _bessel_orders(torch.special.bessel_j0, torch.special.bessel_j1, 1, -1),
+    sympy.bessely: _bessel_orders(torch.special.bessel_y0, torch.special.bessel_y1, 1, -1),
+    sympy.besseli: _bessel_orders(torch.special.i0, torch.special.i1, -1, 1),
+    sympy.besselk: _bessel_orders(torch.special.modified_bessel_k0, torch.special.modified_bessel_k1, 1, 1),
     cfunctions.log1p: "torch.log1p",
     cfunctions.expm1: "torch.expm1",
     cfunctions.exp2: "torch.exp2",
@@ -924,6 +958,10 @@ def _is_constant(expr: sympy.Basic) -> bool:
 # --- the printers ------------------------------------------------------------------
 
 
+#: Sums and products with more terms than this are printed as balanced trees.
+_FLAT_ARGS = 32
+
+
 class _TablePrinter:
     """Prints every function application through a translation table.
 
@@ -936,10 +974,30 @@ class _TablePrinter:
     _target = ""
 
     def __init__(self, table: Mapping[type, Any], settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)  # type: ignore[call-arg]
+        # The terms of a sum are printed as they are stored: sorting them (SymPy's default)
+        # costs most of the time it takes to compile a large derivative, and changes nothing.
+        super().__init__({"order": "none", **(settings or {})})  # type: ignore[call-arg]
         self._table = table
         self.namespace: dict[str, Any] = {}
         self._names: dict[type, str] = {}
+
+    def _print_Add(self, expr: sympy.Add, order: Any = None) -> str:
+        if len(expr.args) <= _FLAT_ARGS:
+            return super()._print_Add(expr, order)  # type: ignore[misc]
+        return self._balanced(list(expr.args), " + ")
+
+    def _print_Mul(self, expr: sympy.Mul) -> str:
+        if len(expr.args) <= _FLAT_ARGS:
+            return super()._print_Mul(expr)  # type: ignore[misc]
+        return self._balanced(list(expr.args), " * ")
+
+    def _balanced(self, items: list[Any], operator: str) -> str:
+        """A long sum or product as a balanced tree of parenthesized halves: printed flat,
+        780 terms nest 780 deep in Python's parser, past what ``compile`` can take."""
+        if len(items) == 1:
+            return f"({self._print(items[0])})"
+        half = len(items) // 2
+        return f"({self._balanced(items[:half], operator)}{operator}{self._balanced(items[half:], operator)})"
 
     def _name(self, cls: type) -> str:
         if cls not in self._names:
@@ -1225,7 +1283,9 @@ def _as_tensors(values: Sequence[Any]) -> tuple[list[torch.Tensor], torch.dtype]
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
     device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
-    return [torch.as_tensor(v, device=device) for v in values], dtype
+    # A Python number is exact in float64; torch's default dtype would round it (a 1e-300 to 0).
+    return [v.to(device) if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=torch.float64, device=device)
+            for v in values], dtype
 
 
 def _full(output: Any, shape: torch.Size, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:

@@ -297,6 +297,14 @@ def search(
     return result
 
 
+def database_key(f: Any, name: str, formula: str, dtype: torch.dtype) -> bytes:
+    """The key of a check's failing examples in Hypothesis's database: the function and its mathematics."""
+    import hashlib
+
+    text = f"{getattr(f, '__module__', '')}.{name}|{formula}|{dtype}"
+    return b"autocheck:" + hashlib.sha256(text.encode()).hexdigest()[:24].encode()
+
+
 def _mix(seed: int, batch: int) -> int:
     """A generator seed for batch ``batch`` of a search seeded with ``seed``."""
     return (seed * 0x9E3779B1 + (batch + 1) * 0x85EBCA77) % 2**63
@@ -509,11 +517,11 @@ def infer_domain(forward: Any, symbols: Sequence[Any], given: Domain) -> Domain:
             continue
         try:
             region = continuous_domain(forward, s, sympy.S.Reals)
-        except Exception:  # noqa: BLE001 - SymPy cannot say: fall back to rejection
+            if region.is_empty:
+                continue
+            low, high = float(region.inf), float(region.sup)
+        except Exception:  # noqa: BLE001 - SymPy cannot say (tan: the reals less a lattice): rejection
             continue
-        if region.is_empty:
-            continue
-        low, high = float(region.inf), float(region.sup)
         g_low, g_high = intervals[k]
         new_low, new_high = max(low, g_low), min(high, g_high)
         if new_low > new_high:

@@ -353,7 +353,9 @@ def _xlog1py(x, y):
 
 
 def _entr(x):
-    return sympy.Piecewise((-x * sympy.log(x), x > 0), (0, sympy.Eq(x, 0)), (-sympy.oo, True))
+    # -x log x at x = 0 is 0 as a limit, not a separate branch: a branch of its own would make
+    # the derivative there 0, where torch (and the limit from the right) says +inf.
+    return sympy.Piecewise((-x * sympy.log(x), x >= 0), (-sympy.oo, True))
 
 
 def _sinc(x):

@@ -131,18 +131,6 @@ LEFT_OUT: dict[str, LeftOut] = {
     ),
     "angle": LeftOut(NO_RULE, "`aten::angle`", autocheck.TraceError, "aten::angle"),
     "frexp": LeftOut(NO_RULE, "`prims::frexp` (and an integer exponent output)", autocheck.TraceError, "prims::frexp"),
-    "special.i1": LeftOut(
-        BUG,
-        "the derivative `besseli(0, x)/2 + besseli(2, x)/2` needs `besseli` of order 2, which has no torch translation",
-        autocheck.TranslationError,
-        r"besseli\(2, x",
-    ),
-    "special.i1e": LeftOut(
-        BUG,
-        "the derivative needs `besseli` of order 2, which has no torch translation",
-        autocheck.TranslationError,
-        r"besseli\(2, x",
-    ),
 }
 
 

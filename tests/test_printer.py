@@ -218,9 +218,19 @@ def test_lambertw_other_branch_is_refused():
         to_torch([sympy.LambertW(x, -1)], [x])(torch.tensor([-0.2]))
 
 
-def test_bessel_of_order_two_is_refused_with_the_fix():
-    with pytest.raises(TranslationError, match=r"(?s)besselj of order 2 .* orders 0, 1 do.*register_sympy_function\(sympy\.besselj"):
-        to_torch([sympy.besselj(2, x)], [x])
+@pytest.mark.parametrize("bessel", [sympy.besselj, sympy.bessely, sympy.besseli, sympy.besselk])
+def test_bessel_of_higher_order_by_recurrence(bessel):
+    points = [0.5, 3.0, 12.0]
+    (got,) = to_torch([bessel(3, x)], [x])(torch.tensor(points, dtype=torch.float64))
+    mp = {sympy.besselj: mpmath.besselj, sympy.bessely: mpmath.bessely, sympy.besseli: mpmath.besseli,
+          sympy.besselk: mpmath.besselk}[bessel]
+    expected = [float(mp(3, v)) for v in points]
+    assert got.tolist() == pytest.approx(expected, rel=1e-9)
+
+
+def test_bessel_of_a_fractional_order_is_refused_with_the_fix():
+    with pytest.raises(TranslationError, match=r"(?s)besselj of order 1/2 .*register_sympy_function\(sympy\.besselj"):
+        to_torch([sympy.besselj(sympy.Rational(1, 2), x)], [x])
 
 
 @pytest.mark.parametrize("device", DEVICES)
