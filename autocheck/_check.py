@@ -17,6 +17,9 @@ from typing import Any, Callable, Sequence
 import sympy
 import torch
 
+from ._arguments import (
+    check_callable, check_count, check_deadline, check_input, check_order, resolve_device, resolve_dtype,
+)
 from ._autograd import Fault, check_deterministic, cotangent, is_elementwise, structural_faults
 from ._budget import Deadline, interrupt_after
 from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
@@ -28,7 +31,6 @@ from ._search import Domain, database_key, infer_domain, parse_domain, points_in
 from ._symbolic import Derivatives, derivatives_for, names_of
 from ._trace import MAX_SYMBOLIC_ELEMENTS, default_names, function_name
 
-FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 #: Batches per check when inputs are drawn (the first holds the special values).
 DEFAULT_EXAMPLES = 25
 #: Points per batch of an elementwise function: large enough that torch's per-call
@@ -54,94 +56,6 @@ STRUCTURAL_POINTS = 64
 DETERMINISM_POINTS = 64
 
 ELEMENTWISE, POINTWISE, TENSOR = "elementwise", "pointwise", "tensor"
-
-
-# --------------------------------------------------------------------------------------
-# Argument checking
-# --------------------------------------------------------------------------------------
-
-
-def _check_callable(f: Any) -> None:
-    if not callable(f):
-        raise TypeError(
-            f"f must be a function of tensors (a lambda, a def, torch.exp, MyFunction.apply), "
-            f"got f={f!r} of type {type(f).__name__}"
-        )
-
-
-def _check_order(order: Any) -> int:
-    if isinstance(order, bool) or not isinstance(order, int) or order not in (1, 2):
-        raise ValueError(f"order must be 1 (gradients) or 2 (second derivatives), got order={order!r}")
-    return order
-
-
-def resolve_dtype(dtype: Any) -> torch.dtype | None:
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        name = dtype.removeprefix("torch.")
-        candidate = getattr(torch, name, None)
-        if isinstance(candidate, torch.dtype):
-            dtype = candidate
-    if dtype in FLOATING:
-        return dtype
-    if isinstance(dtype, torch.dtype) and dtype.is_complex:
-        raise TypeError(f"dtype={dtype} is complex; complex gradients are not supported yet, use a real dtype")
-    raise ValueError(
-        f"dtype must be one of float64, float32, float16, bfloat16 (a torch.dtype or its name), got dtype={dtype!r}"
-    )
-
-
-def resolve_device(device: Any) -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got device={device!r}") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available on this machine; use device='cpu'")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r} is not supported; use 'cpu' or 'cuda'")
-    return resolved
-
-
-def _check_input(value: Any, index: int, name: str) -> torch.Tensor:
-    if isinstance(value, bool) or not isinstance(value, (torch.Tensor, int, float)):
-        raise TypeError(
-            f"input {index} ({name}) must be a floating-point tensor or a Python float, got "
-            f"{type(value).__name__}: {value!r}"
-        )
-    if not isinstance(value, torch.Tensor):
-        return torch.tensor(float(value), dtype=torch.float64)
-    if value.is_complex():
-        raise TypeError(
-            f"input {index} ({name}) is a complex tensor ({value.dtype}); complex gradients are not supported yet, "
-            "pass the real and imaginary parts as separate real inputs"
-        )
-    if not value.dtype.is_floating_point:
-        raise TypeError(
-            f"input {index} ({name}) is an integer tensor ({value.dtype}); gradients need floating point: "
-            f"pass {name}.double() or {name}.float()"
-        )
-    if value.dtype not in FLOATING:
-        raise TypeError(f"input {index} ({name}) has dtype {value.dtype}; use float64, float32, float16 or bfloat16")
-    return value
-
-
-def _check_count(name: str, value: Any, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive integer ({what}), got {name}={value!r}")
-
-
-def _check_deadline(deadline: Any) -> float | None:
-    if deadline is None:
-        return None
-    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0:
-        raise ValueError(
-            f"deadline must be a positive number of seconds (or None for no limit), got deadline={deadline!r}"
-        )
-    return float(deadline)
 
 
 # --------------------------------------------------------------------------------------
@@ -269,9 +183,9 @@ class Options:
 def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, device: Any, examples: Any, seed: Any,
             rtol: Any, atol: Any, domain: Any, strict: Any, deadline: Any, settings: Any) -> Options:
     """Check every argument of a check and resolve the defaults."""
-    _check_callable(f)
-    order = _check_order(order)
-    _check_count("examples", examples, "batches of points to draw")
+    check_callable(f)
+    order = check_order(order)
+    check_count("examples", examples, "batches of points to draw")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"seed must be an integer, got seed={seed!r}")
     if not isinstance(strict, bool):
@@ -283,7 +197,7 @@ def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, devi
     if deadline is AUTOMATIC:  # a search stops by itself; inputs given are all checked
         seconds, hard = (None, HANG_LIMIT) if given else (DEFAULT_DEADLINE, None)
     else:
-        seconds, hard = _check_deadline(deadline), None
+        seconds, hard = check_deadline(deadline), None
     if seconds is not None:
         hard = HARD_DEADLINE_FACTOR * seconds + HARD_DEADLINE_GRACE
     seed_ = seed if seed is not None else random.SystemRandom().randrange(2**32)
@@ -305,7 +219,7 @@ def run(f: Callable[..., Any], inputs: Sequence[Any], domain: Any, options: Opti
 def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: Options) -> Report:
     declared = names_of(f, options.reference, len(inputs))
     names = declared or default_names(len(inputs))
-    tensors = [_check_input(x, k, names[k] if k < len(names) else f"input {k}") for k, x in enumerate(inputs)]
+    tensors = [check_input(x, k, names[k] if k < len(names) else f"input {k}") for k, x in enumerate(inputs)]
     if declared and len(names) != len(tensors):
         raise TypeError(
             f"f takes {len(names)} inputs ({', '.join(names)}) but {len(tensors)} were given; "

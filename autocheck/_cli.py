@@ -715,7 +715,7 @@ class _Run:
 def _dtype_and_device(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
-    from ._check import resolve_device, resolve_dtype
+    from ._arguments import resolve_device, resolve_dtype
 
     try:
         kind = torch.device(args.device).type
@@ -751,6 +751,7 @@ def _run_check(args: argparse.Namespace, dtype: Any, device: Any, seed: int) -> 
 
     from ._autograd import is_elementwise
     from ._api import check_grad
+    from ._errors import NothingChecked
     from ._search import infer_domain, parse_domain
 
     target = _target(args.function, args.reference)
@@ -771,8 +772,12 @@ def _run_check(args: argparse.Namespace, dtype: Any, device: Any, seed: int) -> 
         if table:  # the points shown are checked too, first
             columns = [torch.cat([torch.tensor([p[k] for p in table], dtype=torch.float64), c])[: args.points]
                        for k, c in enumerate(columns)]
-        report = check_grad(target.f, *columns, **options)
         drawn = int(columns[0].numel())
+        try:
+            report = check_grad(target.f, *columns, **options)
+        except NothingChecked as error:  # the spot check's inputs were drawn, not given
+            where = f"at the {drawn} points drawn from {domain.describe()}"
+            raise NothingChecked(str(error).replace("at the given inputs", where)) from None
     else:  # the library's search (also for functions that are not elementwise over a batch)
         if args.examples is None:
             notes.append(f"Note: {target.text} does not act elementwise on a batch of inputs, so autocheck's "
@@ -828,7 +833,7 @@ def _counterexample(run: _Run, columns: list[Any] | None) -> tuple[float, ...] |
 
 def _reproduce(args: argparse.Namespace, names: Sequence[str], point: tuple[float, ...] | None, seed: int) -> str:
     """The command line that checks the failing point again, with the same upstream gradients."""
-    from ._check import resolve_dtype
+    from ._arguments import resolve_dtype
 
     words = ["autocheck", "check", args.function]
     if args.reference:

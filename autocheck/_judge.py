@@ -30,6 +30,8 @@ from ._symbolic import Derivatives, label_of
 #: allowance is a bound, and a factor of two either way does not change a verdict.
 ATOM_ACCURACY = 1e-3
 _RTOL = sympy.Symbol("rtol_", positive=True)
+#: Functions whose value jumps: a derivative built from them is discontinuous.
+_JUMPS = (sympy.floor, sympy.ceiling, sympy.sign, sympy.Heaviside, sympy.frac, sympy.Mod, sympy.Max, sympy.Min)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,12 @@ class Exact:
     @functools.cached_property
     def forward(self) -> Callable[..., tuple[torch.Tensor, ...]]:
         return _printer.to_torch([self.derivatives.forward], self.derivatives.symbols)
+
+    @functools.cached_property
+    def jumps(self) -> tuple[bool, ...]:
+        """Per entry: whether the exact derivative itself jumps (floor, sign, a piecewise
+        definition), so that a few ULP away from a point it may take another value."""
+        return tuple(bool(e.atoms(*_JUMPS)) or e.has(sympy.Piecewise) for e in self.exprs)
 
     @functools.cached_property
     def _slow_arguments(self) -> Callable[..., tuple[torch.Tensor, ...]] | None:
@@ -194,11 +202,12 @@ class _Batch:
 
     def kink(self, key: int, weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         fast = _oracle.fast_values([self.exact.exprs[key]], self.exact.derivatives.symbols)
+        anywhere = self.exact.jumps[key] and not self.check.strict
 
         def accepted(index: torch.Tensor, got: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
             w = weight[index]
             at = lambda moved: w * fast(*[moved[:, j] for j in range(moved.shape[1])])[0].reshape(-1)  # noqa: E731
-            return kink_test(self.points[index], got, at, allowed, self.check.dtype)
+            return kink_test(self.points[index], got, at, allowed, self.check.dtype, anywhere)
 
         return accepted
 
@@ -265,7 +274,8 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
                 torch.zeros(moved.shape[0], 0, dtype=torch.float64)
             return contract(table).gather(1, index.reshape(-1, 1)).reshape(-1)
 
-        return kink_test(point.expand(len(index), -1).clone(), got_k, at, allowed, check.dtype)
+        return kink_test(point.expand(len(index), -1).clone(), got_k, at, allowed, check.dtype,
+                         any(exact.jumps) and not check.strict)
 
     def index_of(k: int) -> tuple[int, ...] | None:
         which = int(np.searchsorted(starts, k, side="right") - 1)

@@ -549,7 +549,7 @@ def _torch_function(root: _TorchNode, names: tuple[str, ...], text: str) -> Call
         return env.tensor(root(env))
 
     formula.__signature__ = signature  # type: ignore[attr-defined]
-    formula.__name__ = formula.__qualname__ = "formula"
+    formula.__name__, formula.__qualname__ = "formula", text  # reports name it by its text
     formula.__doc__ = f"The formula {text!r} in torch operations."
     return formula
 

@@ -11,7 +11,7 @@ import torch
 
 from . import _oracle
 from ._autograd import is_elementwise
-from ._check import _check_callable, _check_input, _check_order
+from ._arguments import check_callable, check_input, check_order
 from ._judge import Contraction
 from ._symbolic import Derivatives, derivatives_of
 from ._trace import MAX_SYMBOLIC_ELEMENTS, trace
@@ -40,8 +40,8 @@ def reference(f: Callable[..., torch.Tensor], *, order: int = 1, accuracy: float
         >>> d(torch.tensor([0.0, 800.0], dtype=torch.float64))
         tensor([0.5000, 1.0000], dtype=torch.float64)
     """
-    _check_callable(f)
-    order = _check_order(order)
+    check_callable(f)
+    order = check_order(order)
     scalar = trace(f)
     cache: dict[Any, Derivatives] = {}
 
@@ -49,7 +49,7 @@ def reference(f: Callable[..., torch.Tensor], *, order: int = 1, accuracy: float
         names = scalar.names
         if len(inputs) != len(names):
             raise TypeError(f"the reference takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}")
-        tensors = [_check_input(x, k, names[k]) for k, x in enumerate(inputs)]
+        tensors = [check_input(x, k, names[k]) for k, x in enumerate(inputs)]
         values = [x.detach().to(torch.float64) for x in tensors]
         n = len(names)
         if scalar.output.ndim == 0 and is_elementwise(f, n, torch.float64):

@@ -26,10 +26,16 @@ class Report:
         kinks: elements accepted at a kink (between the one-sided derivatives).
         max_ulp: largest error in units in the last place of ``dtype``.
         max_rel: largest relative error.
-        worst: the worst elements (failures first), at most five.
-        faults: defects of the backward itself (not reentrant, changes saved tensors, ...).
+        worst: the worst elements (failures first), at most five. Each row has ``inputs``
+            (the point), ``where`` (``"d/dx"``, ``"d/dw[0, 1]"``), ``autograd`` and
+            ``expected`` (the gradient element, upstream gradient included), ``upstream``,
+            ``exact`` (the derivative itself), ``abs_error``, ``rel_error``, ``ulp_error``,
+            ``allowed`` and ``failed``.
+        faults: defects of the backward itself (not reentrant, changes saved tensors, ...),
+            each with a one-line ``headline`` and its evidence in ``detail``.
         formula: the exact derivative, as text.
         counterexample: on failure, the input values of the simplest failing point, one per parameter.
+        failing: the failing points found first (at most 256), each a tuple of input values.
         reproduce: one line of Python that replays the failure.
         timed_out: the deadline ended the check before every point was judged.
     """
@@ -57,6 +63,7 @@ class Report:
     kinks: int = 0
     strict: bool = False
     timed_out: bool = False
+    failing: list[tuple[float, ...]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -131,6 +138,7 @@ def build_report(
         kinks=verdict.kinks,
         strict=check.strict,
         timed_out=timed_out,
+        failing=list(verdict.failing),
     )
     if not report.ok:
         report.reproduce = _reproduce(check, inputs, report.counterexample, reference)

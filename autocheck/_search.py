@@ -290,7 +290,14 @@ def search(
     if verdict is not None and verdict.failed and verdict.failing:
         first = simplest(verdict.failing)
         shrunk = shrink(first, check.fails, domain, dtype)
-        verdict.merge(check.judge([torch.tensor([v], dtype=torch.float64) for v in shrunk], -5))
+        # The reproduce line checks the point alone, with the upstream gradient of batch 0:
+        # report a point that fails that way (the shrunk one, else the one found).
+        for candidate in (shrunk, first):
+            alone = check.judge([torch.tensor([v], dtype=torch.float64) for v in candidate], 0)
+            if alone.failed:
+                verdict.merge(alone)
+                shrunk = candidate
+                break
         result.counterexample = shrunk
         if database_key is not None:
             _save(database_key, shrunk)

@@ -305,7 +305,7 @@ def derivative(f: Callable[..., Any], *inputs: Any, order: int = 1) -> Any:
         >>> autocheck.derivative(lambda y, x: torch.atan2(y, x))
         (x/(x**2 + y**2), -y/(x**2 + y**2))
     """
-    order = _check_order(order)
+    order = check_order(order)
     if not inputs:
         tr = trace(f)
         if tr.output.ndim:
@@ -327,7 +327,7 @@ def derivative(f: Callable[..., Any], *inputs: Any, order: int = 1) -> Any:
     return _tensor_derivative(tr, order)
 
 
-def _check_order(order: Any) -> int:
+def check_order(order: Any) -> int:
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be a positive integer (1 for gradients, 2 for Hessians), got order={order!r}")
     return order

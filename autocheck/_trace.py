@@ -1818,7 +1818,7 @@ def function_name(f: Any) -> str:
     if module == "torch" or module.startswith("torch."):
         # Builtins carry the name of the class that holds them (_VariableFunctionsClass.sigmoid).
         return f"{module}.{name}"
-    return qualname
+    return qualname.rpartition("<locals>.")[2]  # a function defined inside another: its own name
 
 
 def _describe(f: Callable[..., Any]) -> str:

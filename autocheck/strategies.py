@@ -25,7 +25,7 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ._check import resolve_device, resolve_dtype
+from ._arguments import resolve_device, resolve_dtype
 from ._search import floats_in, infer_domain, parse_domain
 from ._trace import trace
 

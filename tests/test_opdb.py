@@ -38,6 +38,8 @@ from torch.testing._internal.common_methods_invocations import (  # noqa: E402
     unary_ufuncs,
 )
 
+import torch_defects  # noqa: E402
+
 DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "operators.md"
 WRITE_DOCS = "python tests/test_opdb.py --write-docs docs/operators.md"
 
@@ -348,6 +350,46 @@ def test_atan2_backward_at_tiny_inputs_is_reported():
     assert report.worst[0].inputs == (3e-160, 4e-160) and report.worst[0].autograd in (-torch.inf, torch.inf)
 
 
+# --------------------------------------------------------------------------------------
+# The whole real domain, in every dtype
+# --------------------------------------------------------------------------------------
+
+#: Batches per operator and dtype in the whole-domain search (the first holds the special values).
+SWEEP_EXAMPLES = 4
+SWEPT = [name for name in COVERED if _elementwise(name) and OPS[name][0] != "reduction"]
+
+
+def _sweep_target(name: str) -> Callable[..., torch.Tensor]:
+    raw = next(r for r in _raw_samples(OPS[name][1]) if isinstance(r.input, torch.Tensor))
+    return _bind(name, OPS[name][1], raw, False)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", SWEPT)
+def test_whole_domain_fails_only_inside_a_known_torch_defect(name: str, dtype: torch.dtype):
+    if dtype not in OPS[name][1].supported_backward_dtypes("cpu"):
+        pytest.skip(f"torch has no {dtype} backward for {name} on the CPU")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = autocheck.check_grad(_sweep_target(name), dtype=dtype, seed=SEED, examples=SWEEP_EXAMPLES)
+    assert report.checked > 0
+    points = [*report.failing, *(row.inputs for row in report.worst if row.failed)]
+    unexplained = [p for p in points if not torch_defects.explained(name, dtype, p)]
+    assert not unexplained, f"{name} fails outside every listed torch defect at {unexplained[:5]}\n{report}"
+
+
+@pytest.mark.parametrize("defect", torch_defects.DEFECTS, ids=lambda d: f"{d.ops[0]}-{d.witness.dtype}")
+def test_each_listed_torch_defect_is_real_and_reported(defect: torch_defects.Defect):
+    w = defect.witness
+    assert w.dtype in defect.dtypes and defect.region(w.point, w.dtype)
+    exact, got = w.exact_value(), w.autograd()
+    rtol, atol = autocheck.DEFAULT_TOLERANCES[w.dtype]
+    assert not abs(got - exact) <= atol + rtol * abs(exact), (got, exact)  # nan and inf are wrong too
+    inputs = [torch.tensor([p], dtype=w.dtype) for p in w.point]
+    report = autocheck.check_grad(w.f, *inputs, seed=SEED)
+    assert not report.ok and report.failed >= 1, str(report)
+
+
 def test_every_left_out_operator_is_in_the_database():
     assert set(LEFT_OUT) <= set(OPS), sorted(set(LEFT_OUT) - set(OPS))
     assert set(INACCURATE) <= set(COVERED), sorted(set(INACCURATE) - set(COVERED))
@@ -379,6 +421,19 @@ def _out_of_scope() -> list[str]:
         for op in group
         if not _differentiable_in_float64(op) and not op.name.startswith("_refs.")
     ]
+
+
+def _defect_rows() -> list[list[str]]:
+    rows = []
+    for defect in torch_defects.DEFECTS:
+        w = defect.witness
+        dtypes = ", ".join(str(d).removeprefix("torch.") for d in defect.dtypes)
+        point = ", ".join(repr(torch.tensor(p, dtype=w.dtype).item()) for p in w.point)
+        grad = "d/dy" if w.wrt else "d/dx"
+        rows.append([", ".join(f"`{op}`" for op in defect.ops), dtypes, defect.where,
+                     f"{grad} at ({point}) in {str(w.dtype).removeprefix('torch.')}",
+                     f"{w.autograd():.10g}", f"{w.exact_value():.10g}", defect.why])
+    return rows
 
 
 def render_docs() -> str:
@@ -431,6 +486,18 @@ def render_docs() -> str:
         "## Checked",
         "",
         *_table(["Operator", "Kind", "Samples checked", "Result"], covered_rows),
+        "",
+        "## Searched over the whole real domain",
+        "",
+        "Beyond the samples, every elementwise operator above is searched over its whole real domain with",
+        f"`autocheck.check_grad(op, dtype=dtype)` in float64, float32, float16 and bfloat16 ({SWEEP_EXAMPLES} batches",
+        "of drawn points each, with a fixed seed), with the default tolerance and no reference.",
+        "Where torch's gradient is wrong for the code as written, the failing points lie in these regions,",
+        "and the test asserts that every failing point does. The exact value at each point was computed",
+        "with mpmath from the derivative written out by hand; autograd's value is `x.grad` divided by the",
+        "upstream gradient, 0.75.",
+        "",
+        *_table(["Operator", "dtypes", "Where", "Point", "autograd", "exact", "Why"], _defect_rows()),
         "",
         "## Left out",
         "",

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
-import sympy
 import torch
 import torch.nn.functional as F
 
@@ -154,6 +152,30 @@ def test_a_tolerance_that_passes_anything_is_refused(rtol, atol):
         autocheck.assert_grad_matches(torch.exp, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["check", "exp(x)", "--domain", "x=1000:2000"],
+         "no gradient element of exp(x) was checked at the 256 points drawn from x in [1000, 2000]"),
+        (["check", "x*inf"], "forward value not finite at 256"),
+        (["check", "x*x", "--at", "x=nan"], "input not finite at 1. pass finite inputs"),
+        (["check", "exp(x)", "--domain", "x=1e400:"], "--domain bound '1e400' is not a finite float64 number"),
+    ],
+)
+def test_the_command_refuses_an_empty_pass_with_exit_2(argv, fragment, capsys):
+    from autocheck._cli import main
+
+    assert main(argv) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_a_derivative_that_overflows_in_float64_is_refined_not_skipped():
+    # tanh(x) as sinh(x)/cosh(x): both overflow beyond |x| = 710 while the quotient is +-1.
+    report = autocheck.assert_grad_matches(lambda x: torch.log(torch.cosh(x)), domain={"x": (-700, 700)}, seed=0)
+    assert "exact derivative not finite" not in report.skipped
+    assert report.checked > 10_000
+
+
 def test_a_relative_tolerance_of_one_is_refused():
     with pytest.raises(ValueError, match=r"rtol=1.0 allows errors as large as the gradient itself"):
         autocheck.assert_grad_matches(torch.exp, rtol=1.0, atol=0.0)
@@ -208,6 +230,29 @@ def test_a_search_that_runs_out_of_time_says_so():
     report = autocheck.check_grad(lambda x: x * x * torch.exp(x), seed=0, examples=10_000, deadline=0.5)
     assert report.ok and report.timed_out and report.checked > 0
     assert "Stopped at the deadline" in str(report)
+
+
+def test_a_high_order_derivative_in_the_command_ends_inside_its_budget(monkeypatch, capsys):
+    import autocheck._symbolic as symbolic
+    from autocheck._cli import main
+
+    monkeypatch.setattr(symbolic, "SYMBOLIC_BUDGET", 0.2)
+    assert main(["diff", "exp(sin(x)*cos(x))/(1 + x**2)", "--order", "10"]) == 2
+    assert "took longer than 0.2 s" in capsys.readouterr().err
+
+
+def test_differentiating_a_long_product_twice_ends_inside_its_budget(monkeypatch):
+    import autocheck._symbolic as symbolic
+
+    def product(x):
+        y = x
+        for k in range(40):
+            y = y * torch.sin(x + k)
+        return y
+
+    monkeypatch.setattr(symbolic, "SYMBOLIC_BUDGET", 0.5)
+    with pytest.raises(autocheck.DeadlineExceeded, match=r"tracing and differentiating product \(order 2\) took longer than 0.5 s"):
+        autocheck.check_grad(product, order=2, seed=0)
 
 
 def test_deadline_must_be_positive():
