@@ -350,6 +350,31 @@ def test_atan2_backward_at_tiny_inputs_is_reported():
     assert report.worst[0].inputs == (3e-160, 4e-160) and report.worst[0].autograd in (-torch.inf, torch.inf)
 
 
+def _empty_samples() -> list[tuple[str, int]]:
+    found = []
+    for name in COVERED:
+        for index, raw in enumerate(_raw_samples(OPS[name][1])):
+            if isinstance(raw.input, torch.Tensor) and raw.input.dtype == torch.float64 and raw.input.numel() == 0:
+                found.append((name, index))
+    return found
+
+
+@pytest.mark.parametrize("name, index", _empty_samples())
+def test_an_empty_sample_is_checked_or_refused_with_a_clear_error(name: str, index: int):
+    # Every input empty: refused. An empty input beside a non-empty one (prelu's weight):
+    # the non-empty one's gradient is checked.
+    raw = _raw_samples(OPS[name][1])[index]
+    fn, tensors, text = _bind(name, OPS[name][1], raw, shrink=not _elementwise(name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            report = autocheck.check_grad(fn, *tensors, seed=SEED)
+        except autocheck.NothingChecked as error:
+            assert "there is no gradient element to check" in str(error)
+            return
+    assert report.ok and report.checked == sum(t.numel() for t in tensors), str(report)
+
+
 # --------------------------------------------------------------------------------------
 # The whole real domain, in every dtype
 # --------------------------------------------------------------------------------------

@@ -255,6 +255,15 @@ def test_differentiating_a_long_product_twice_ends_inside_its_budget(monkeypatch
         autocheck.check_grad(product, order=2, seed=0)
 
 
+def test_a_search_stops_after_five_seconds_by_default():
+    import time
+
+    start = time.monotonic()
+    report = autocheck.check_grad(lambda x: x * torch.exp(x), seed=0, examples=1_000_000)
+    assert report.ok and report.timed_out and "Stopped at the deadline" in str(report)
+    assert time.monotonic() - start >= 5.0
+
+
 def test_deadline_must_be_positive():
     with pytest.raises(ValueError, match=r"deadline must be a positive number of seconds .* got deadline=0"):
         autocheck.check_grad(torch.sin, deadline=0)
