@@ -9,6 +9,7 @@ and judges (:mod:`._compare`); :mod:`._report` turns the verdict into text.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass
@@ -213,7 +214,27 @@ def _is_settings(value: Any) -> bool:
 
 def run(f: Callable[..., Any], inputs: Sequence[Any], domain: Any, options: Options) -> Report:
     """One check: at the given inputs, or searched over ``domain``."""
-    return _check_given(f, inputs, options) if inputs else _check_generated(f, domain, options)
+    small = not inputs or sum(x.numel() if isinstance(x, torch.Tensor) else 1 for x in inputs) <= SMALL_WORK
+    with _one_thread(small):
+        return _check_given(f, inputs, options) if inputs else _check_generated(f, domain, options)
+
+
+#: Elements up to which a check runs torch on one thread: its operations on batches this
+#: small are slower on two threads than on one (thread hand-offs cost more than they save).
+SMALL_WORK = CHUNK
+
+
+@contextlib.contextmanager
+def _one_thread(small: bool) -> Any:
+    threads = torch.get_num_threads()
+    if not small or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: Options) -> Report:

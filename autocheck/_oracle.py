@@ -46,7 +46,7 @@ import numpy as np
 import sympy
 import torch
 
-from autocheck import _precise, _printer
+from autocheck import _magnitude, _precise, _printer
 from autocheck._budget import OutOfTime
 from autocheck._error_model import KERNEL_ERROR, UNDERFLOW, kernel_error, relative_bound
 
@@ -101,13 +101,22 @@ def _overflow_probe(expr: sympy.Expr) -> sympy.Expr:
     ``2x/(x² + 1)`` at ``x = 1e300`` is 0.0 in float64 (x² is inf), not 2e-300:
     nothing in the result shows it, so the divisor itself is watched.
     """
-    watched = set()
-    for node in sympy.preorder_traversal(expr):
-        if isinstance(node, sympy.Pow) and node.exp.is_negative:
-            watched.add(1 / node)  # the divisor, as computed: (1 + e^-x)**2 overflows before its base
-        elif isinstance(node, _SATURATING):
-            watched.update(a for a in node.args if not a.is_number)
+    watched: set[sympy.Expr] = set()
+    _watch(expr, watched)
     return sympy.Add(*[sympy.Abs(w) for w in watched if not isinstance(w, sympy.Symbol)])
+
+
+def _watch(node: sympy.Basic, watched: set[sympy.Expr]) -> None:
+    if isinstance(node, sympy.Piecewise):
+        # Only the branch taken counts: the others are evaluated too, and may overflow freely.
+        watched.add(sympy.Piecewise(*[(_overflow_probe(value), condition) for value, condition in node.args]))
+        return
+    if isinstance(node, sympy.Pow) and node.exp.is_negative:
+        watched.add(1 / node)  # the divisor, as computed: (1 + e^-x)**2 overflows before its base
+    elif isinstance(node, _SATURATING):
+        watched.update(a for a in node.args if not a.is_number)
+    for argument in node.args:
+        _watch(argument, watched)
 
 
 def _float64(values: Sequence[torch.Tensor | float]) -> list[torch.Tensor]:
@@ -188,7 +197,8 @@ def evaluate(
     outputs = [r.to(torch.float64) for r in results[:n]]
     bounds = None
     for i, (output, probe) in enumerate(zip(outputs, results[n:])):
-        untrusted = ~(torch.isfinite(output) & torch.isfinite(probe))
+        beyond = ~(torch.isfinite(output) & torch.isfinite(probe))  # float64's range was left
+        untrusted = beyond.clone()
         if plan.exprs[i].is_number:
             pass  # a constant (0 for floor's derivative) is exact
         else:
@@ -202,23 +212,41 @@ def evaluate(
                 allowed = accuracy * size
             untrusted |= ~(error <= allowed)
         if bool(untrusted.any()):
-            outputs[i] = _refine(plan, i, output, untrusted, values, deadline)
+            outputs[i] = _refine(plan, i, output, untrusted, beyond, values, deadline)
     return tuple(outputs)
 
 
-def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, values: list[torch.Tensor],
-            deadline: float | None) -> torch.Tensor:
+#: Points beyond float64's range from which the proven-magnitude tier is tried first (it
+#: costs about as much as this many points in high precision).
+MAGNITUDE_POINTS = 32
+
+
+def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, beyond: torch.Tensor,
+            values: list[torch.Tensor], deadline: float | None) -> torch.Tensor:
     """Replace the untrusted entries of ``output`` by high-precision values where there is one."""
     inputs = torch.broadcast_tensors(*values) if values else []
     for v in inputs:
         untrusted &= ~torch.isnan(v)  # nan in, nan out: nothing to refine
     if not bool(untrusted.any()):
         return output
-    points = torch.stack([v[untrusted] for v in inputs], dim=-1).cpu().numpy() if inputs else np.zeros((1, 0))
-    exact = _precise.exact_values([plan.exprs[i]], plan.symbols, points, deadline=deadline)
-    known = exact.found[:, 0]
+    columns = [v[untrusted].cpu() for v in inputs]
     replaced = output[untrusted].cpu().numpy()
-    replaced[known] = exact.values[known, 0]
+    known = np.zeros(replaced.shape, dtype=bool)
+    outside = beyond.expand(untrusted.shape)[untrusted].cpu()
+    if columns and int(outside.sum()) >= MAGNITUDE_POINTS:
+        # First, all at once: values far outside float64's range round to 0 or to an infinity.
+        settled, value = _magnitude.settle(plan.exprs[i], plan.symbols, [c[outside] for c in columns])
+        where = outside.clone()
+        where[outside] = settled
+        known = where.numpy()
+        replaced[known] = value[settled].numpy()
+    rest = ~known
+    if rest.any():
+        points = torch.stack(columns, dim=-1).numpy()[rest] if columns else np.zeros((1, 0))
+        exact = _precise.exact_values([plan.exprs[i]], plan.symbols, points, deadline=deadline)
+        found = exact.found[:, 0]
+        replaced[np.flatnonzero(rest)[found]] = exact.values[found, 0]
+        known[np.flatnonzero(rest)[found]] = True
     if deadline is not None and time.monotonic() >= deadline and not bool(known.all()):
         raise OutOfTime(f"{int((~known).sum())} exact values were not computed before the deadline")
     output = output.clone()

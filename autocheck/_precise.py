@@ -411,9 +411,12 @@ def _binary_exponent(value: Any) -> int | None:
 
 
 def _start_bits(point: Sequence[Any]) -> int:
-    """Two extra bits per binary order below 1 of the tiniest input: cos(x) - 1 keeps x² at 1e-300."""
+    """Two extra bits per binary order below 1 of the tiniest input (cos(x) - 1 keeps x² at
+    1e-300), and one per binary order above 1 of the largest (exp(x) at 1e300 reduces its
+    argument by multiples of log 2 that need that many bits), up to the most arb is given."""
     exponents = [e for e in map(_binary_exponent, point) if e is not None]
-    return _START_BITS + 2 * max(0, -min(exponents, default=0))
+    extra = 2 * max(0, -min(exponents, default=0)) + max(0, max(exponents, default=0))
+    return min(_START_BITS + extra, _MAX_BITS)
 
 
 def _mpmath_start_bits(arguments: Sequence[Any]) -> int:

@@ -7,7 +7,10 @@ delta), and ``x.detach()`` is a constant that takes its value back once derivati
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
+import types
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -17,6 +20,7 @@ import torch
 
 from ._budget import interrupt_after
 from ._errors import TraceError
+from . import _trace
 from ._trace import MAX_SYMBOLIC_ELEMENTS, Detached, Trace, function_name, parameter_names, trace
 
 #: Functions whose derivative is zero wherever it exists (torch's gradient is 0 everywhere).
@@ -204,6 +208,68 @@ def _marked_diff(expr: sympy.Expr, symbols: Sequence[sympy.Symbol]) -> sympy.Exp
 SYMBOLIC_BUDGET = 20.0
 
 
+#: Traced derivatives kept per function (code, closure, defaults, the globals it reads),
+#: dtype and order: a parametrized test pays for tracing once.
+CACHE_SIZE = 256
+_cache: "collections.OrderedDict[Any, Derivatives]" = collections.OrderedDict()
+
+
+class _Unkeyable(Exception):
+    """A value a cache key cannot stand for (it may change without a trace seeing it)."""
+
+
+def _value_key(value: Any, depth: int = 0) -> Any:
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
+        return (type(value), value)
+    if isinstance(value, torch.Tensor):
+        # A tensor changed in place bumps its version counter.
+        return ("tensor", id(value), value._version, tuple(value.shape), value.dtype, value.device)
+    if isinstance(value, types.ModuleType):
+        return ("module", value.__name__)
+    if isinstance(value, type):
+        return ("class", id(value))
+    if isinstance(value, (tuple, list, frozenset)) and depth < 3 and len(value) <= 64:
+        return (type(value), tuple(_value_key(v, depth + 1) for v in value))
+    if isinstance(value, sympy.Basic):
+        return ("sympy", value)
+    if callable(value) and depth < 3:
+        return _function_key(value, depth + 1)
+    raise _Unkeyable
+
+
+def _names_read(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _names_read(constant)
+    return names
+
+
+def _function_key(f: Any, depth: int = 0) -> Any:
+    """What determines ``f``'s trace, hashable; raises :class:`_Unkeyable` where unsure."""
+    if isinstance(f, functools.partial):
+        return ("partial", _function_key(f.func, depth + 1), _value_key(f.args, depth + 1),
+                _value_key(tuple(sorted(f.keywords.items())), depth + 1))
+    code = getattr(f, "__code__", None)
+    if isinstance(code, types.CodeType):
+        cells = []
+        for cell in f.__closure__ or ():
+            try:
+                cells.append(_value_key(cell.cell_contents, depth + 1))
+            except ValueError:  # an empty cell
+                cells.append(None)
+        scope = getattr(f, "__globals__", {})
+        read = tuple((name, _value_key(scope[name], depth + 1)) for name in sorted(_names_read(code)) if name in scope)
+        return ("function", code, tuple(cells), _value_key(f.__defaults__, depth + 1),
+                _value_key(tuple(sorted((f.__kwdefaults__ or {}).items())), depth + 1), read)
+    owner = getattr(f, "__self__", None)
+    if isinstance(owner, type) or isinstance(owner, types.ModuleType):  # MyFunction.apply, torch.sigmoid
+        return ("method", id(owner), getattr(f, "__name__", None))
+    if isinstance(f, (types.BuiltinFunctionType, type)):
+        return ("builtin", id(f))
+    raise _Unkeyable  # a module, an object with __call__: its state may change between checks
+
+
 def derivatives_for(
     f: Callable[..., Any],
     reference: Any,
@@ -218,6 +284,25 @@ def derivatives_for(
     operations kept as op atoms, where ``f`` can be traced. Tracing and differentiating
     (user code and SymPy both) stop after :data:`SYMBOLIC_BUDGET` seconds.
     """
+    try:
+        key = (_function_key(f), reference if isinstance(reference, sympy.Expr) else
+               (None if reference is None else _function_key(reference)),
+               tuple(names) if names is not None else None, tuple(map(tuple, shapes)) if shapes else shapes,
+               dtype, order, _trace.rule_registrations)
+        hash(key)
+    except (_Unkeyable, TypeError):
+        return _derivatives_for(f, reference, names, shapes, dtype, order)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    derivatives = _cache[key] = _derivatives_for(f, reference, names, shapes, dtype, order)
+    if len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return derivatives
+
+
+def _derivatives_for(f: Callable[..., Any], reference: Any, names: Sequence[str] | None,
+                     shapes: Sequence[tuple[int, ...]] | None, dtype: torch.dtype, order: int) -> Derivatives:
     what = f"tracing and differentiating {function_name(reference if callable(reference) else f)} (order {order})"
     fix = "Lower order=, simplify the function, or pass reference= with simpler mathematics."
     with interrupt_after(SYMBOLIC_BUDGET, what, fix):

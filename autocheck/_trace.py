@@ -1061,6 +1061,10 @@ _BUILTIN_RULES: dict[str, Callable[..., Any]] = {
 TORCH_TO_SYMPY: collections.ChainMap[str, Callable[..., Any]] = collections.ChainMap({}, _BUILTIN_RULES)
 
 
+#: How many rules were registered: traces cached before a registration are stale.
+rule_registrations = 0
+
+
 def register_torch_op(op: Any, rule: Callable[..., Any]) -> None:
     """Teach the tracer one torch operator.
 
@@ -1086,6 +1090,8 @@ def register_torch_op(op: Any, rule: Callable[..., Any]) -> None:
             f"returns an object array of SymPy expressions), got rule={rule!r}"
         )
     TORCH_TO_SYMPY.maps[0][_op_key(op)] = rule
+    global rule_registrations
+    rule_registrations += 1
 
 
 def _op_key(op: Any) -> str:

@@ -1,0 +1,213 @@
+"""What a default check costs, side by side in one run.
+
+Prints, as Markdown tables for docs/benchmarks.md:
+- ``check_grad`` on 1e6 given float64 points against its floor (one forward+backward with
+  a non-unit upstream gradient plus one float64 evaluation of the exact derivative) and
+  against ``torch.autograd.gradcheck(fast_mode=True)`` on the same input;
+- search throughput (elements judged per second) of a default check of x**2*exp(x);
+- a default ``check_grad(f)`` (warm, best of 3) for every function of the tests' derivative
+  table and for common activations, on 1 and on 2 torch threads;
+- the time to find a planted bug;
+- the first check in a fresh process against importing autocheck;
+- whether the same seed gives the same work and report in two processes.
+
+Run: python benchmarks/bench_speed.py [--quick]   (--quick: the named functions only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import sympy
+import torch
+import torch.nn.functional as F
+
+import autocheck
+from _timing import best, machine
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+class Softplus(torch.autograd.Function):
+    """A correct custom softplus."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.log1p(torch.exp(x))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x)
+
+
+class NanAbove709(torch.autograd.Function):
+    """Softplus whose backward is exp(x)/(1 + exp(x)): nan above 709."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.log1p(torch.exp(x))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        e = torch.exp(x)
+        return grad * e / (1 + e)
+
+
+class WrongSign(torch.autograd.Function):
+    """The README's softplus with a wrong sign inside the sigmoid."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.log1p(torch.exp(x))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(-x)
+
+
+def x2exp(x):
+    return x * x * torch.exp(x)
+
+
+NAMED = {
+    "x**2*exp(x)": x2exp,
+    "torch.sigmoid": torch.sigmoid,
+    "F.softplus": F.softplus,
+    "F.mish": F.mish,
+    "F.logsigmoid": F.logsigmoid,
+    "log(cosh(x))": lambda x: torch.log(torch.cosh(x)),
+    "custom softplus (correct)": Softplus.apply,
+}
+BUGS = {
+    "custom softplus, nan above 709": NanAbove709.apply,
+    "custom softplus, sigmoid(-x)": WrongSign.apply,
+}
+
+
+def throughput() -> list[str]:
+    n = 1_000_000
+    x = torch.empty(n, dtype=torch.float64).uniform_(-10, 10, generator=torch.Generator().manual_seed(0))
+    symbol = sympy.Symbol("x", real=True)
+    derivative = sympy.lambdify(symbol, autocheck.derivative(x2exp), modules="torch")
+
+    def floor() -> None:
+        leaf = x.clone().requires_grad_(True)
+        x2exp(leaf).backward(torch.full_like(leaf, 0.75))
+        derivative(x)
+
+    leaf = x.clone().requires_grad_(True)
+    t_floor = best(floor, repeat=5)
+    t_check = best(lambda: autocheck.check_grad(x2exp, x, seed=0), repeat=5)
+    t_fast = best(lambda: torch.autograd.gradcheck(x2exp, (leaf,), fast_mode=True), repeat=5)
+    report = autocheck.check_grad(x2exp, seed=0)
+    t_search = best(lambda: autocheck.check_grad(x2exp, seed=0), repeat=5)
+    return [
+        "| measurement | time | ratio |",
+        "|---|---|---|",
+        f"| floor: forward + backward + one evaluation of the derivative, 1e6 float64 points | {t_floor * 1e3:.1f} ms | 1 |",
+        f"| `check_grad(f, x)`, the same 1e6 points, every element judged | {t_check * 1e3:.1f} ms "
+        f"| {t_check / t_floor:.2f}x the floor |",
+        f"| `gradcheck(fast_mode=True)`, the same input (one random projection) | {t_fast * 1e3:.1f} ms "
+        f"| {t_fast / t_check:.2f}x autocheck |",
+        f"| default `check_grad(f)` of x²eˣ, {report.checked:,} elements judged | {t_search * 1e3:.1f} ms "
+        f"| {report.checked / t_search:.2e} elements/s |",
+    ]
+
+
+def default_checks(functions: dict[str, object]) -> list[str]:
+    rows = []
+    for name, f in functions.items():
+        times = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                times[threads] = best(lambda: autocheck.check_grad(f, seed=0), repeat=3)
+                report = autocheck.check_grad(f, seed=0)
+        verdict = "match" if report.ok else f"mismatch ({report.failed} elements)"
+        rows.append((max(times.values()), name, times[1], times[2], report.checked, verdict, report.timed_out))
+    rows.sort(reverse=True)
+    lines = ["| function | 1 thread | 2 threads | elements | verdict |", "|---|---|---|---|---|"]
+    for _, name, one, two, checked, verdict, timed_out in rows:
+        stop = " (stopped at the 5 s deadline)" if timed_out else ""
+        lines.append(f"| {name} | {one:.3f} s | {two:.3f} s | {checked:,} | {verdict}{stop} |")
+    within = sum(1 for r in rows if r[0] <= 0.3)
+    lines.append("")
+    lines.append(f"{within} of {len(rows)} within 0.3 s on both thread counts.")
+    return lines
+
+
+def table_functions() -> dict[str, object]:
+    from test_derivative import TABLE
+
+    return {f"`{name}`": f for name, f, inputs, *_ in TABLE if not inputs}
+
+
+def bugs() -> list[str]:
+    lines = ["| planted bug | time to the failing report |", "|---|---|"]
+    for name, f in BUGS.items():
+        t = best(lambda: autocheck.check_grad(f, seed=0), repeat=3)
+        assert not autocheck.check_grad(f, seed=0).ok
+        lines.append(f"| {name} | {t:.3f} s |")
+    return lines
+
+
+def first_check(repeat: int = 5) -> list[str]:
+    commands = {
+        "import": [sys.executable, "-c", "import torch, autocheck"],
+        "first check": [sys.executable, "-c", "import torch, autocheck; "
+                        "autocheck.check_grad(lambda x: x * x * torch.exp(x), seed=0)"],
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(repeat):
+        for key, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            times[key].append(time.perf_counter() - start)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return [
+        "| fresh process | median wall time |",
+        "|---|---|",
+        f"| `import torch, autocheck` | {median['import']:.2f} s |",
+        f"| the same, then a default check of x²eˣ | {median['first check']:.2f} s "
+        f"(+{median['first check'] - median['import']:.2f} s) |",
+    ]
+
+
+def same_seed() -> list[str]:
+    code = ("import torch, autocheck; r = autocheck.check_grad(lambda x: x * x * torch.exp(x), seed=7); "
+            "print(r.checked, r.failed, r.skipped, r.max_ulp, [(w.inputs, w.autograd) for w in r.worst])")
+    runs = [subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+            for _ in range(2)]
+    return [f"Same seed in two processes: {'identical work and report' if runs[0] == runs[1] else 'DIFFERENT'} "
+            f"({runs[0].split()[0]} elements each)."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="the named functions only")
+    args = parser.parse_args()
+    print(f"machine: {machine()}\n")
+    print("\n".join(throughput()), "\n")
+    functions = dict(NAMED) if args.quick else {**NAMED, **table_functions()}
+    print("\n".join(default_checks(functions)), "\n")
+    print("\n".join(bugs()), "\n")
+    print("\n".join(first_check()), "\n")
+    print("\n".join(same_seed()))
+
+
+if __name__ == "__main__":
+    main()

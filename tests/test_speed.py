@@ -1,0 +1,88 @@
+"""What makes a default check cheap, as behaviour: traces are reused only while the
+function is the same, a check leaves torch's thread count as it found it, and a seed fixes
+the work as well as the verdict."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+import autocheck
+from autocheck import _symbolic
+
+F64 = torch.float64
+SCALE = 2.0
+
+
+def derivatives(f, order=1):
+    return _symbolic.derivatives_for(f, None, None, None, F64, order)
+
+
+def test_the_same_function_is_traced_once():
+    f = lambda x: x * torch.exp(x)  # noqa: E731
+    assert derivatives(f) is derivatives(f)
+    assert derivatives(f) is not derivatives(f, order=2)
+
+
+def test_a_changed_closure_is_traced_again():
+    def make(k):
+        return lambda x: x * k
+
+    first, second = derivatives(make(2.0)), derivatives(make(3.0))
+    assert (float(first.entries[0].expr), float(second.entries[0].expr)) == (2.0, 3.0)
+
+
+def test_a_changed_global_is_traced_again():
+    global SCALE
+    f = lambda x: SCALE * x  # noqa: E731
+    before = derivatives(f).entries[0].expr
+    SCALE = 5.0
+    try:
+        after = derivatives(f).entries[0].expr
+    finally:
+        SCALE = 2.0
+    assert (float(before), float(after)) == (2.0, 5.0)
+
+
+def test_a_tensor_changed_in_place_is_traced_again():
+    weight = torch.tensor(2.0, dtype=F64)
+    f = lambda x: weight * x  # noqa: E731
+    before = float(derivatives(f).entries[0].expr)
+    weight.mul_(3)
+    assert (before, float(derivatives(f).entries[0].expr)) == (2.0, 6.0)
+
+
+def test_a_module_with_state_is_not_cached():
+    layer = torch.nn.Linear(1, 1).double()
+    f = lambda x: layer(x.reshape(1, 1)).reshape(())  # noqa: E731
+    first = derivatives(f)
+    with torch.no_grad():
+        layer.weight.fill_(4.0)
+    assert first is not derivatives(f)
+    assert float(derivatives(f).entries[0].expr) == 4.0
+
+
+def test_a_check_leaves_the_thread_count_alone():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        autocheck.check_grad(torch.exp, seed=0, examples=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+SCRIPT = (
+    "import torch, autocheck\n"
+    "r = autocheck.check_grad(lambda x: x * x * torch.exp(x), seed=11)\n"
+    "print(r.checked, r.skipped, r.max_ulp, r.max_rel, [(w.inputs, w.autograd, w.expected) for w in r.worst])\n"
+)
+
+
+def test_the_same_seed_gives_the_same_work_and_report_in_two_processes():
+    runs = [subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert int(runs[0].split()[0]) > 50_000
