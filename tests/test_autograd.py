@@ -121,6 +121,13 @@ def test_a_backward_with_hidden_state_is_not_reentrant():
     assert fault.headline == "backward is not reentrant" and "different gradient for input 0" in fault.detail
 
 
+def test_zero_times_an_infinite_partial_is_not_a_nonzero_gradient():
+    # 3 * x**2 * 0 is nan where x**2 overflows: the backward is still right.
+    cube = custom(lambda x: x**3, lambda ctx, g, x: 3 * x**2 * g)
+    x = torch.tensor([1e200, -2.0, 0.5], dtype=F64)
+    assert structural_faults(cube, [x], torch.full((3,), 0.75, dtype=F64), exact_same) == []
+
+
 def test_a_backward_that_cannot_take_an_undefined_gradient_is_caught():
     strict_backward = custom(lambda x: x * x, lambda ctx, g, x: g * 2 * x, materialize=False)
     (fault,) = structural_faults(strict_backward, [torch.linspace(-1, 1, 5, dtype=F64)],
