@@ -36,47 +36,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-class Softplus(torch.autograd.Function):
-    """A correct custom softplus."""
+def custom(forward, backward):
+    """A custom autograd.Function of one tensor that saves its input; its ``apply``."""
 
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.log1p(torch.exp(x))
+    class Custom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return forward(x)
 
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * torch.sigmoid(x)
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * backward(x)
 
-
-class NanAbove709(torch.autograd.Function):
-    """Softplus whose backward is exp(x)/(1 + exp(x)): nan above 709."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.log1p(torch.exp(x))
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        e = torch.exp(x)
-        return grad * e / (1 + e)
+    return Custom.apply
 
 
-class WrongSign(torch.autograd.Function):
-    """The README's softplus with a wrong sign inside the sigmoid."""
+def softplus(x):
+    return torch.log1p(torch.exp(x))
 
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.log1p(torch.exp(x))
 
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * torch.sigmoid(-x)
+#: A correct custom softplus; one whose backward, exp(x) / (1 + exp(x)), is nan where the
+#: forward overflows; the README's, with a wrong sign inside the sigmoid; and an exp whose
+#: backward is off by one part in a million.
+SOFTPLUS = custom(softplus, torch.sigmoid)
+NAN_ABOVE_709 = custom(softplus, lambda x: torch.exp(x) / (1 + torch.exp(x)))
+WRONG_SIGN = custom(softplus, lambda x: torch.sigmoid(-x))
+SLIGHTLY_OFF = custom(torch.exp, lambda x: torch.exp(x) * (1 + 1e-6))
 
 
 def x2exp(x):
@@ -90,11 +77,12 @@ NAMED = {
     "F.mish": F.mish,
     "F.logsigmoid": F.logsigmoid,
     "log(cosh(x))": lambda x: torch.log(torch.cosh(x)),
-    "custom softplus (correct)": Softplus.apply,
+    "custom softplus (correct)": SOFTPLUS,
+    "custom softplus, backward nan where the forward overflows": NAN_ABOVE_709,
 }
 BUGS = {
-    "custom softplus, nan above 709": NanAbove709.apply,
-    "custom softplus, sigmoid(-x)": WrongSign.apply,
+    "custom softplus, sigmoid(-x)": WRONG_SIGN,
+    "custom exp, backward off by one part in a million": SLIGHTLY_OFF,
 }
 
 
