@@ -210,6 +210,10 @@ class Refinement:
     slack: Callable[[torch.Tensor], torch.Tensor]  # indices -> rtol * |cotangent| * the error model's bound
     # (indices, autograd, allowed) -> accepted at a kink; None where no kink test applies (order 2)
     kink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
+    # indices -> where the chain rule as autograd evaluates it has no value (a local
+    # derivative is infinite: asin(x) + acos(x) at x = 1 is inf - inf, though the sum's
+    # derivative is 0); None where not known
+    undefined: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Tolerance) -> Verdict:
@@ -249,6 +253,10 @@ def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_
         verdict.skip(OUT_OF_TIME, rest.numel())
         return verdict
     finite = torch.isfinite(expected)
+    if refine.undefined is not None:
+        candidates = (finite & ~torch.isfinite(got)).nonzero().reshape(-1)
+        if candidates.numel():  # autograd's inf or nan where the simplified derivative is finite
+            finite[candidates[refine.undefined(rest[candidates]).to(finite.device)]] = False
     verdict.skip(NOT_FINITE_EXACT, int((~finite).sum()))
     slack = refine.slack(rest).reshape(-1).to(got.device).nan_to_num(nan=0.0)
     allowed = tol.atol + torch.maximum(tol.rtol * expected.abs(), slack)

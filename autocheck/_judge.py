@@ -18,13 +18,14 @@ import numpy as np
 import sympy
 import torch
 
-from . import _oracle, _printer
+from . import _oracle, _precise, _printer
 from ._autograd import cotangent, pointwise, vjp
 from ._budget import OutOfTime
 from ._compare import OUT_OF_TIME, Elements, Refinement, Verdict, judge, kink_test
-from ._error_model import PERTURBATION, UNDERFLOW, Allowance, autograd_allowance, formula_allowance
+from ._error_model import PERTURBATION, UNDERFLOW, Allowance, autograd_allowance, expand_ops, formula_allowance
 from ._errors import TraceError
 from ._symbolic import Derivatives, label_of
+from ._trace import OpPartial
 
 #: The allowance's op atoms (local derivatives) need this relative accuracy, no more: the
 #: allowance is a bound, and a factor of two either way does not change a verdict.
@@ -95,6 +96,28 @@ class Exact:
         for argument in self._slow_arguments(*columns):
             stalls |= (argument < -_printer.POLYGAMMA_STEPS_LIMIT).expand(shape).cpu()
         return stalls if bool(stalls.any()) else None
+
+    @functools.cached_property
+    def _local_derivatives(self) -> tuple[tuple[sympy.Expr, ...], ...]:
+        """Per entry: the local derivatives autograd multiplies and sums for it."""
+        return tuple(
+            tuple(expand_ops(p) for p in sorted(e.marked.atoms(OpPartial), key=str)) if e.marked is not None else ()
+            for e in self.derivatives.entries
+        )
+
+    def undefined(self, columns: Sequence[torch.Tensor], keys: Sequence[int]) -> torch.Tensor:
+        """Per point: whether a local derivative of an entry in ``keys`` is infinite or has
+        no value there, so that autograd's chain rule, as it is evaluated, has none."""
+        shape = torch.broadcast_shapes(*[c.shape for c in columns])
+        partials = [p for k in keys for p in self._local_derivatives[k]]
+        if not partials or not math.prod(shape):
+            return torch.zeros(shape, dtype=torch.bool)
+        points = torch.stack([c.expand(shape).reshape(-1).cpu() for c in columns], dim=1).numpy()
+        exact = _precise.exact_values(partials, self.derivatives.symbols, points)
+        # A pole (a limit, not a certified value) or no value; a value merely beyond float64's
+        # range (1/x**2 at 1e-156, times a tiny y) is certified and counts as one.
+        none = ~exact.found | np.isnan(exact.values) | (np.isinf(exact.values) & ~exact.certified)
+        return torch.from_numpy(none.any(axis=1)).reshape(shape)
 
     def slack(self, columns: Sequence[torch.Tensor], units: tuple[float, float], rtol: float) -> list[torch.Tensor]:
         """rtol times the error model's bound of every entry at the given points (float64,
@@ -169,6 +192,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
                 expected=lambda index, keys=keys, weights=weights: batch.expected(keys, weights, index),
                 slack=lambda index, keys=keys, weights=weights: batch.slack(keys, weights, index),
                 kink=batch.kink(keys[0], weights[0]) if order == 1 else None,
+                undefined=lambda index, keys=keys: exact.undefined(batch._columns(index), keys).reshape(-1),
             )
         else:
             elements, refine = batch.broadcast(i, grads[i], x64[i], shape, skip, label, keys, weights)
