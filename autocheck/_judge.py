@@ -31,6 +31,7 @@ from ._trace import OpPartial
 #: allowance is a bound, and a factor of two either way does not change a verdict.
 ATOM_ACCURACY = 1e-3
 _RTOL = sympy.Symbol("rtol_", positive=True)
+_SHIFT = sympy.Symbol("shift_", real=True)
 #: Functions whose value jumps: a derivative built from them is discontinuous.
 _JUMPS = (sympy.floor, sympy.ceiling, sympy.sign, sympy.Heaviside, sympy.frac, sympy.Mod, sympy.Max, sympy.Min)
 
@@ -98,18 +99,38 @@ class Exact:
         return stalls if bool(stalls.any()) else None
 
     @functools.cached_property
-    def _local_derivatives(self) -> tuple[tuple[sympy.Expr, ...], ...]:
-        """Per entry: the local derivatives autograd multiplies and sums for it."""
-        return tuple(
-            tuple(expand_ops(p) for p in sorted(e.marked.atoms(OpPartial), key=str)) if e.marked is not None else ()
-            for e in self.derivatives.entries
-        )
+    def _local_derivatives(self) -> tuple[sympy.Expr | None, ...]:
+        """Per entry: the sum of the magnitudes of the local derivatives autograd multiplies
+        and sums for it, in the branches taken (torch.where's other branch is multiplied by
+        a zero gradient; the trap that makes nan of it is reported, not excused)."""
+        return tuple(_partials_taken(e.marked) if e.marked is not None and e.marked.has(OpPartial) else None
+                     for e in self.derivatives.entries)
+
+    @functools.cached_property
+    def shifted(self) -> tuple[Callable[..., tuple[torch.Tensor, ...]] | None, ...]:
+        """Per entry: the chain rule as autograd evaluates it, with the operands of every local
+        derivative moved by :data:`_SHIFT` (an argument): an operand that underflowed to 0
+        may sit at a kink of the local derivative (copysign(x**2, -1) with x**2 rounded to 0)."""
+        compiled = []
+        for entry in self.derivatives.entries:
+            if entry.marked is None or not entry.marked.has(OpPartial):
+                compiled.append(None)
+                continue
+            try:
+                moved = entry.marked.replace(
+                    lambda e: isinstance(e, OpPartial),
+                    lambda e: e.func(*[a + _SHIFT if a.free_symbols else a for a in e.args]),
+                )
+                compiled.append(_printer.to_torch([expand_ops(moved)], [*self.derivatives.symbols, _SHIFT]))
+            except (TypeError, ValueError, TraceError):  # a local derivative SymPy cannot take moved
+                compiled.append(None)
+        return tuple(compiled)
 
     def undefined(self, columns: Sequence[torch.Tensor], keys: Sequence[int]) -> torch.Tensor:
         """Per point: whether a local derivative of an entry in ``keys`` is infinite or has
         no value there, so that autograd's chain rule, as it is evaluated, has none."""
         shape = torch.broadcast_shapes(*[c.shape for c in columns])
-        partials = [p for k in keys for p in self._local_derivatives[k]]
+        partials = [self._local_derivatives[k] for k in keys if self._local_derivatives[k] is not None]
         if not partials or not math.prod(shape):
             return torch.zeros(shape, dtype=torch.bool)
         points = torch.stack([c.expand(shape).reshape(-1).cpu() for c in columns], dim=1).numpy()
@@ -139,6 +160,14 @@ class Exact:
                 values[index] = exact.abs().to(values.device)
                 slack[k] = values
         return slack
+
+
+def _partials_taken(e: sympy.Basic) -> sympy.Expr:
+    if isinstance(e, OpPartial):
+        return sympy.Abs(expand_ops(e))
+    if isinstance(e, sympy.Piecewise):
+        return sympy.Piecewise(*[(_partials_taken(value), condition) for value, condition in e.args])
+    return sympy.Add(*[_partials_taken(a) for a in e.args if a.has(OpPartial)])
 
 
 @functools.lru_cache(maxsize=64)
@@ -228,10 +257,24 @@ class _Batch:
         fast = _oracle.fast_values([self.exact.exprs[key]], self.exact.derivatives.symbols)
         anywhere = self.exact.jumps[key] and not self.check.strict
 
+        shifted = self.exact.shifted[key] if not self.check.strict else None
+
         def accepted(index: torch.Tensor, got: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
             w = weight[index]
             at = lambda moved: w * fast(*[moved[:, j] for j in range(moved.shape[1])])[0].reshape(-1)  # noqa: E731
-            return kink_test(self.points[index], got, at, allowed, self.check.dtype, anywhere)
+            kink = kink_test(self.points[index], got, at, allowed, self.check.dtype, anywhere)
+            if shifted is None or bool(kink.all()):
+                return kink
+            # An intermediate that underflowed: the local derivatives a smallest normal number
+            # to either side of their operands.
+            columns = self._columns(index)
+            tiny = torch.finfo(self.check.dtype).tiny
+            sides = torch.stack([(w * shifted(*columns, torch.tensor(s * tiny, dtype=torch.float64))[0]
+                                  .expand(w.shape)).to(got.device) for s in (-1.0, 1.0)])
+            value = got.to(torch.float64)
+            jump = (sides[0] != sides[1]) & torch.isfinite(sides).all(0)
+            inside = (value >= sides.amin(0) - allowed) & (value <= sides.amax(0) + allowed)
+            return kink | (jump & inside)
 
         return accepted
 

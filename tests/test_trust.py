@@ -107,6 +107,16 @@ def test_check_and_reference_use_the_same_oracle():
     assert report.ok and report.checked == 3 and not report.skipped
 
 
+def test_an_intermediate_that_underflows_onto_a_kink_passes():
+    # x**2 rounds to 0 below 1e-154, where copysign's gradient has its kink: torch's 0 is a
+    # value between the one-sided derivatives of the code as written.
+    f = lambda x: torch.copysign(x**2, torch.tensor(-1.0))  # noqa: E731
+    report = autocheck.check_grad(f, torch.tensor([-9.30175311e-297, 2.0], dtype=F64), seed=0)
+    assert report.ok and report.kinks == 1
+    wrong = lambda x: torch.copysign(x**2, torch.tensor(-1.0)) * 1.0000001  # noqa: E731
+    assert not autocheck.check_grad(wrong, torch.tensor([2.0], dtype=F64), reference=lambda x: -x**2, seed=0).ok
+
+
 def test_a_chain_rule_with_an_infinite_term_is_not_judged_where_it_has_no_value():
     # asin(x) + acos(x) is pi/2, but autograd adds asin' and acos', which are +-inf at x = +-1.
     f = lambda x: torch.asin(x) + torch.acos(x) + torch.atan(x)  # noqa: E731
