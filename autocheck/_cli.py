@@ -808,6 +808,7 @@ def _counterexample(run: _Run, columns: list[Any] | None) -> tuple[float, ...] |
     import torch
 
     from ._api import check_grad
+    from ._errors import NothingChecked
     from ._search import simplicity
 
     found = run.report.counterexample
@@ -822,10 +823,13 @@ def _counterexample(run: _Run, columns: list[Any] | None) -> tuple[float, ...] |
     for point in points[:8]:
         if simplicity(point) >= simplicity(tuple(found)):
             break
-        alone = check_grad(
-            run.target.f, *[torch.tensor(v, dtype=torch.float64) for v in point], reference=run.target.reference,
-            order=run.order, dtype=run.dtype, device=run.device, seed=run.seed,
-        )
+        try:
+            alone = check_grad(
+                run.target.f, *[torch.tensor(v, dtype=torch.float64) for v in point], reference=run.target.reference,
+                order=run.order, dtype=run.dtype, device=run.device, seed=run.seed,
+            )
+        except NothingChecked:  # a pole or a point outside the domain: nothing to show there
+            continue
         if not alone.ok:
             return point
     return tuple(found)

@@ -241,6 +241,14 @@ def test_a_variadic_function_without_inputs_gets_a_clear_error():
 # --------------------------------------------------------------------------------------
 
 
+def test_the_command_checks_digamma_and_reports_the_trigamma_kernel(capsys):
+    # Its spot check meets digamma's poles while it looks for the simplest failing point.
+    from autocheck._cli import main
+
+    assert main(["check", "digamma(x)", "--seed", "0"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
 def test_digamma_far_out_on_the_negative_axis_returns():
     report = autocheck.check_grad(torch.digamma, torch.tensor([-1e10 - 0.5], dtype=F64), seed=0)
     assert report.checked == 1
