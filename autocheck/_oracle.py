@@ -70,10 +70,32 @@ class _Plan:
     kernel_error: tuple[float, ...]  # per expression: its worst kernel's error, relative, in roundoffs
 
     @functools.cached_property
+    def factored(self) -> tuple["_Plan | None", ...]:
+        """Per expression: the plan of its factored form, where factoring changes a small sum."""
+        return tuple(_factored_plan(e, self.symbols) for e in self.exprs)
+
+    @functools.cached_property
     def bounds(self) -> Callable[..., tuple[torch.Tensor, ...]]:
         """Relative error bounds of the float64 values (kernel errors included), in roundoffs."""
         exprs = [relative_bound(e) if not e.is_number else sympy.Integer(0) for e in self.exprs]
         return _printer.to_torch(exprs, [*self.symbols, UNDERFLOW])
+
+
+#: Largest sum (in SymPy operations) the oracle tries to factor: factoring is cheap there.
+MAX_FACTORED_OPS = 40
+
+
+def _factored_plan(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> "_Plan | None":
+    if (not isinstance(expr, sympy.Add) or expr.has(sympy.Piecewise)
+            or sympy.count_ops(expr) > MAX_FACTORED_OPS or not expr.free_symbols):
+        return None
+    try:
+        factored = sympy.factor(expr)
+    except (sympy.PolynomialError, ValueError, TypeError, NotImplementedError):
+        return None
+    if factored == expr or isinstance(factored, sympy.Add):
+        return None
+    return _Plan((factored,), symbols, _printer.to_torch([factored, _overflow_probe(factored)], symbols), (0.0,))
 
 
 @functools.lru_cache(maxsize=256)
@@ -211,9 +233,40 @@ def evaluate(
                 size = output.abs() if against is None else torch.maximum(output.abs(), against.to(output.device).abs())
                 allowed = accuracy * size
             untrusted |= ~(error <= allowed)
+        # Checks only: a correctly rounded reference (accuracy=None) needs more than the bound of
+        # a factored product promises (a rounded power's kernel error is not in it).
+        if accuracy is not None and bool((untrusted & ~beyond).any()) and plan.factored[i] is not None:
+            output, untrusted = _try_factored(plan, i, output, untrusted & ~beyond, untrusted, values,
+                                              accuracy, against)
+            outputs[i] = output
         if bool(untrusted.any()):
             outputs[i] = _refine(plan, i, output, untrusted, beyond, values, deadline)
     return tuple(outputs)
+
+
+def _try_factored(plan: _Plan, i: int, output: torch.Tensor, cancelled: torch.Tensor, untrusted: torch.Tensor,
+                  values: list[torch.Tensor], accuracy: float, against: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a sum cancelled, the factored form (x**2 e**x + 2x e**x = x (x + 2) e**x) often
+    does not: take its float64 value wherever its own error bound is good enough."""
+    inputs = torch.broadcast_tensors(*values)
+    columns = [v[cancelled] for v in inputs]
+    factored = plan.factored[i]
+    value, probe = factored.values(*columns)
+    (bound,) = factored.bounds(*columns, _SMALLEST_NORMAL)
+    value = value.to(torch.float64).expand(columns[0].shape)
+    error = bound.expand(value.shape) * _ROUNDOFF * value.abs()
+    size = value.abs() if against is None else torch.maximum(
+        value.abs(), against.to(value.device).expand(inputs[0].shape)[cancelled].abs())
+    allowed = accuracy * size
+    # A quarter of the allowance: the bound of a product of rounded powers is looser than a sum's.
+    good = torch.isfinite(value) & torch.isfinite(probe.expand(value.shape)) & (4 * error <= allowed)
+    good &= factored.kernel_error[0] == 0 and plan.kernel_error[i] == 0  # no inaccurate kernel inside
+    output, untrusted = output.clone(), untrusted.clone()
+    where = cancelled.nonzero(as_tuple=True)
+    output[tuple(w[good] for w in where)] = value[good].to(output.dtype)
+    untrusted[tuple(w[good] for w in where)] = False
+    return output, untrusted
 
 
 #: Points beyond float64's range from which the proven-magnitude tier is tried first (it

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import mpmath
+import numpy as np
 import pytest
 import sympy
 import torch
 
+from autocheck import _oracle as oracle
 from autocheck import _precise
 from autocheck._oracle import evaluate
 from autocheck._printer import SYMPY_TO_MPMATH, SYMPY_TO_TORCH, register_sympy_function, to_torch
@@ -328,3 +330,18 @@ def test_ill_conditioned_argument_exact_by_default_and_within_its_condition_in_a
     scale = torch.tensor([512 * exact], dtype=torch.float64)
     (fast,) = evaluate([expr], [x], [torch.tensor([25.0], dtype=torch.float64)], accuracy=2.0**-53, against=scale)
     assert abs(fast.item() - exact) / exact <= 4 * 208 * 2.0**-53
+
+
+def test_a_cancelling_sum_is_evaluated_in_its_factored_form_without_high_precision(monkeypatch):
+    # x**2 e**x + 2x e**x cancels near -2; x (x + 2) e**x does not, and its float64 value is
+    # as good as a check needs there.
+    x = sympy.Symbol("x", real=True)
+    expr = x**2 * sympy.exp(x) + 2 * x * sympy.exp(x)
+    points = torch.linspace(-2.001, -1.999, 101, dtype=torch.float64)
+    exact = _precise.exact_values([expr], [x], points.numpy()[:, None]).values[:, 0]
+    calls = []
+    real = _precise.exact_values
+    monkeypatch.setattr(_precise, "exact_values", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    (value,) = oracle.evaluate([expr], [x], [points], accuracy=1e-14)
+    assert sum(calls) <= 1  # -2 itself, where the factored form is 0 too: nothing left to refine but it
+    np.testing.assert_allclose(value.numpy(), exact, rtol=1e-14, atol=0)
