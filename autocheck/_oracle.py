@@ -18,6 +18,12 @@ mpmath where arb has no translation):
   float64 (polygamma, gamma, loggamma, zeta, erfinv, Bessel, Lambert W): every
   point, deduplicated (trigamma: ~30 µs a point in arb, ~1 ms in mpmath).
 
+Before high precision, two cheaper tiers settle many of those points at once: values far
+beyond float64's range are bounded in magnitude (:mod:`autocheck._magnitude`: they round to
+0 or to an infinity), and, for a check's accuracy, a cancelling sum is evaluated in its
+factored form (``x²eˣ + 2xeˣ = x(x + 2)eˣ``) wherever that form's own error bound is good
+enough.
+
 So re-evaluated points are correctly rounded (certified by arb's ball, or
 settled by mpmath), and trusted points are within ``TRUSTED_ERROR · 2**-53``
 relative of the truth (measured: at most 9 ULP, typically 0 to 2).
