@@ -118,10 +118,10 @@ def _mul(factors: list[Bounds]) -> Bounds:
     zero = functools.reduce(torch.logical_or, [f[2] == 0 for f in factors])
     unbounded = functools.reduce(torch.logical_or, [f[1] == _INF for f in factors])
     low, high = _widen(low, high)
-    low, high, sign = (torch.where(zero, -_INF, low), torch.where(zero, -_INF, high), torch.where(zero, 0.0, sign))
-    # 0 times a factor without bound (a pole: 1/0) is no value at all.
-    return (torch.where(zero & unbounded, -_INF, low), torch.where(zero & unbounded, _INF, high),
-            torch.where(zero & unbounded, math.nan, sign))
+    undefined = zero & unbounded  # 0 times a factor without bound (a pole: 1/0) is no value at all
+    return (torch.where(zero, -_INF, low),
+            torch.where(undefined, _INF, torch.where(zero, -_INF, high)),
+            torch.where(undefined, math.nan, torch.where(zero, 0.0, sign)))
 
 
 def _pow(base: Bounds, power: float, integer: bool) -> Bounds:
