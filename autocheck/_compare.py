@@ -200,6 +200,9 @@ class Elements:
     where: str | Callable[[int], str]  # the label, or one per element
     point: Callable[[torch.Tensor], torch.Tensor]  # indices -> [k, n_params] float64 points
     index: Callable[[int], tuple[int, ...] | None] = lambda k: None
+    # A bound on the absolute error of ``expected`` where it is not trusted (a loose kernel's
+    # value); None where unknown
+    error: torch.Tensor | None = None
 
 
 @dataclass
@@ -224,6 +227,10 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
     skip = elements.skip.reshape(-1)
     difference = (got - expected).abs()
     quick = elements.trusted.reshape(-1) & (difference <= tol.atol + tol.rtol * expected.abs())
+    if elements.error is not None:
+        # |autograd - exact| <= difference + error, and rtol * |exact| >= rtol * (|expected| - error).
+        error = elements.error.reshape(-1)
+        quick |= difference + (1 + tol.rtol) * error <= tol.atol + tol.rtol * expected.abs()
     quick &= ~skip
     bad_input = int(elements.skip_input.sum())
     verdict.skip(NOT_FINITE_INPUT, bad_input)

@@ -22,7 +22,7 @@ from . import _oracle, _precise, _printer
 from ._autograd import cotangent, pointwise, vjp
 from ._budget import OutOfTime
 from ._compare import OUT_OF_TIME, Elements, Refinement, Verdict, judge, kink_test
-from ._error_model import PERTURBATION, UNDERFLOW, Allowance, autograd_allowance, expand_ops, formula_allowance
+from ._error_model import PERTURBATION, UNDERFLOW, UNIT, Allowance, autograd_allowance, expand_ops, formula_allowance
 from ._errors import TraceError
 from ._symbolic import Derivatives, label_of
 from ._trace import OpPartial
@@ -30,7 +30,7 @@ from ._trace import OpPartial
 #: The allowance's op atoms (local derivatives) need this relative accuracy, no more: the
 #: allowance is a bound, and a factor of two either way does not change a verdict.
 ATOM_ACCURACY = 1e-3
-_RTOL = sympy.Symbol("rtol_", positive=True)
+_RTOL = UNIT  # the unit of the bound in a judgement: rtol
 _SHIFT = sympy.Symbol("shift_", real=True)
 #: Functions whose value jumps: a derivative built from them is discontinuous.
 _JUMPS = (sympy.floor, sympy.ceiling, sympy.sign, sympy.Heaviside, sympy.frac, sympy.Mod, sympy.Max, sympy.Min)
@@ -195,9 +195,10 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     else:
         forward, grads = vjp(check.f, values, order, v, u)
     x64 = [p.to(torch.float64) for p in values]
-    fast, trusted = _oracle.fast(exact.exprs, d.symbols, x64, accuracy=check.accuracy)
+    fast, trusted, errors = _oracle.fast(exact.exprs, d.symbols, x64, accuracy=check.accuracy)
     fast = [e.expand(shape).reshape(-1) for e in fast]
     trusted = [t.expand(shape).reshape(-1) for t in trusted]
+    errors = [e.expand(shape).reshape(-1) if e is not None else None for e in errors]
     points = torch.stack([p.expand(shape).reshape(-1) for p in x64], dim=1)
     bad_input = ~torch.isfinite(points).all(dim=1)
     skip = ~torch.isfinite(forward.to(torch.float64).expand(shape).reshape(-1)) | bad_input
@@ -210,10 +211,16 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         weights = [v64 if order == 1 else v64 * u64[d.entries[k].wrt[0]] for k in keys]
         expected = sum(w * fast[k] for w, k in zip(weights, keys))
         trust = torch.stack([trusted[k] for k in keys]).all(dim=0)
+        # Where a loose kernel's value is known to within an error bound: the summed bound.
+        error = None
+        if any(errors[k] is not None for k in keys):
+            error = sum(w.abs() * (errors[k] if errors[k] is not None else torch.where(trusted[k], 0.0, math.inf))
+                        for w, k in zip(weights, keys))
         label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else f"d²/d{d.names[i]}·"
         if values[i].shape == shape:
             elements = Elements(
-                autograd=grads[i].reshape(-1), expected=expected, trusted=trust, skip=skip, skip_input=bad_input,
+                autograd=grads[i].reshape(-1), expected=expected, trusted=trust, error=error, skip=skip,
+                skip_input=bad_input,
                 upstream=v64 if order == 1 else None, where=label, point=lambda index: points[index],
                 index=(lambda k: tuple(int(i) for i in np.unravel_index(k + offset, index_shape))) if index_shape else (lambda k: None),
             )
@@ -236,6 +243,7 @@ class _Batch:
     check: Any
     exact: Exact
     points: torch.Tensor  # [N, n_params] float64
+    _slack: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the last indices asked for, and their slack
 
     def _columns(self, index: torch.Tensor) -> list[torch.Tensor]:
         return [self.points[index, j] for j in range(self.points.shape[1])]
@@ -243,14 +251,18 @@ class _Batch:
     def expected(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """Refined weighted exact values at ``points[index]``."""
         columns = self._columns(index)
-        scale = self.slack(keys, weights, index)
+        # The size of the computation: the allowance is rtol times it, so the oracle's error
+        # stays within accuracy/rtol (1/16) of the allowance, however large that is.
+        size = self.slack(keys, weights, index) / self.check.tol.rtol
         values = _oracle.evaluate([self.exact.exprs[k] for k in keys], self.exact.derivatives.symbols, columns,
-                                  accuracy=self.check.accuracy, against=scale, deadline=self.check.deadline.at)
+                                  accuracy=self.check.accuracy, against=size, deadline=self.check.deadline.at)
         return sum(w[index] * value.reshape(-1) for w, value in zip(weights, values))
 
     def slack(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """|weight| times the error model's slack (rtol times its bound) at ``points[index]``."""
-        slack = self.exact.slack(self._columns(index), self.check.units, self.check.tol.rtol)
+        if self._slack is None or self._slack[0] is not index:  # expected() and the judge both ask
+            self._slack = (index, self.exact.slack(self._columns(index), self.check.units, self.check.tol.rtol))
+        slack = self._slack[1]
         return sum(w[index].abs() * slack[k].reshape(-1) for w, k in zip(weights, keys))
 
     def kink(self, key: int, weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:

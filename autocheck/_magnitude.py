@@ -11,7 +11,8 @@ known it is an infinity. Everything else is left to high precision.
 Each node is evaluated to ``(low, high, sign)``: ``low <= log2|value| <= high`` (``low``
 is -inf where the value may be 0, ``high`` +inf where it is unbounded) and the sign (+1,
 -1, 0, or nan where unknown). Every bound is widened by a relative margin far above
-float64's rounding of the bound itself, so the enclosure holds.
+float64's rounding of the bound itself, so the enclosure holds. The arrays are numpy's: the
+points are few, and a numpy operation on a few values costs a fraction of torch's.
 
 >>> import sympy, torch
 >>> x = sympy.Symbol("x", real=True)
@@ -26,6 +27,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import sympy
 import torch
 
@@ -33,8 +35,8 @@ from . import _printer
 
 __all__ = ["settle"]
 
-Bounds = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # low, high, sign
-Node = Callable[[Sequence[torch.Tensor]], Bounds]
+Bounds = tuple[np.ndarray, np.ndarray, np.ndarray]  # low, high, sign
+Node = Callable[[Sequence[np.ndarray]], Bounds]
 
 _INF = math.inf
 #: Relative widening of every bound, and its absolute floor (log2 units).
@@ -49,11 +51,16 @@ def settle(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], values: Sequence[t
     """Per point: whether the float64 value of ``expr`` is settled here, and that value
     (0.0 where the value certainly rounds to 0, a signed infinity where it certainly
     overflows; nan elsewhere)."""
-    low, high, sign = _compile(expr, tuple(symbols))(values)
-    zero = high < _ZERO_BELOW
-    infinite = (low > _INFINITE_ABOVE) & ~torch.isnan(sign) & (sign != 0)
-    value = torch.where(zero, 0.0, torch.where(infinite, sign * _INF, math.nan))
-    return zero | infinite, value
+    arrays = [v.detach().cpu().to(torch.float64).numpy() for v in values]
+    shape = np.broadcast_shapes(*[a.shape for a in arrays]) if arrays else ()
+    arrays = [np.broadcast_to(a, shape) for a in arrays]
+    with np.errstate(all="ignore"):
+        low, high, sign = _compile(expr, tuple(symbols))(arrays)
+        low, high, sign = (np.broadcast_to(b, shape) for b in (low, high, sign))
+        zero = high < _ZERO_BELOW
+        infinite = (low > _INFINITE_ABOVE) & ~np.isnan(sign) & (sign != 0)
+        value = np.where(zero, 0.0, np.where(infinite, sign * _INF, math.nan))
+    return torch.from_numpy(np.ascontiguousarray(zero | infinite)), torch.from_numpy(np.ascontiguousarray(value))
 
 
 @functools.lru_cache(maxsize=256)
@@ -61,22 +68,22 @@ def _compile(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> Node:
     return _node(expr, symbols)
 
 
-def _widen(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _widen(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Outward by the margin; infinite bounds stay, and a bound lost to nan becomes no bound."""
-    low = torch.where(torch.isinf(low), low, low - (_MARGIN * low.abs() + _FLOOR))
-    high = torch.where(torch.isinf(high), high, high + (_MARGIN * high.abs() + _FLOOR))
-    return torch.where(torch.isnan(low), -_INF, low), torch.where(torch.isnan(high), _INF, high)
+    low = np.where(np.isinf(low), low, low - (_MARGIN * np.abs(low) + _FLOOR))
+    high = np.where(np.isinf(high), high, high + (_MARGIN * np.abs(high) + _FLOOR))
+    return np.where(np.isnan(low), -_INF, low), np.where(np.isnan(high), _INF, high)
 
 
-def _unknown(like: torch.Tensor) -> Bounds:
-    return torch.full_like(like, -_INF), torch.full_like(like, _INF), torch.full_like(like, math.nan)
+def _unknown(like: np.ndarray) -> Bounds:
+    return np.full_like(like, -_INF), np.full_like(like, _INF), np.full_like(like, math.nan)
 
 
-def _of_float(value: torch.Tensor) -> Bounds:
-    magnitude = torch.log2(value.abs())
+def _of_float(value: np.ndarray) -> Bounds:
+    magnitude = np.log2(np.abs(value))
     low, high = _widen(magnitude, magnitude)
     zero = value == 0
-    return torch.where(zero, -_INF, low), torch.where(zero, -_INF, high), torch.sign(value)
+    return np.where(zero, -_INF, low), np.where(zero, -_INF, high), np.sign(value)
 
 
 def _node(expr: sympy.Basic, symbols: tuple[sympy.Symbol, ...]) -> Node:
@@ -88,7 +95,8 @@ def _node(expr: sympy.Basic, symbols: tuple[sympy.Symbol, ...]) -> Node:
             constant = float(expr)
         except TypeError:
             return lambda values: _unknown(values[0])
-        return lambda values: _of_float(torch.full_like(values[0], constant))
+        bounds = _of_float(np.array(constant))  # 0-d arrays: they broadcast
+        return lambda values: bounds
     children = [_node(a, symbols) for a in expr.args] if not isinstance(expr, sympy.Piecewise) else []
     if isinstance(expr, sympy.Mul):
         return lambda values: _mul([c(values) for c in children])
@@ -114,14 +122,14 @@ def _node(expr: sympy.Basic, symbols: tuple[sympy.Symbol, ...]) -> Node:
 def _mul(factors: list[Bounds]) -> Bounds:
     low = sum(f[0] for f in factors)
     high = sum(f[1] for f in factors)
-    sign = functools.reduce(torch.mul, [f[2] for f in factors])
-    zero = functools.reduce(torch.logical_or, [f[2] == 0 for f in factors])
-    unbounded = functools.reduce(torch.logical_or, [f[1] == _INF for f in factors])
+    sign = functools.reduce(np.multiply, [f[2] for f in factors])
+    zero = functools.reduce(np.logical_or, [f[2] == 0 for f in factors])
+    unbounded = functools.reduce(np.logical_or, [f[1] == _INF for f in factors])
     low, high = _widen(low, high)
     undefined = zero & unbounded  # 0 times a factor without bound (a pole: 1/0) is no value at all
-    return (torch.where(zero, -_INF, low),
-            torch.where(undefined, _INF, torch.where(zero, -_INF, high)),
-            torch.where(undefined, math.nan, torch.where(zero, 0.0, sign)))
+    return (np.where(zero, -_INF, low),
+            np.where(undefined, _INF, np.where(zero, -_INF, high)),
+            np.where(undefined, math.nan, np.where(zero, 0.0, sign)))
 
 
 def _pow(base: Bounds, power: float, integer: bool) -> Bounds:
@@ -132,25 +140,25 @@ def _pow(base: Bounds, power: float, integer: bool) -> Bounds:
         new_low, new_high = power * high, power * low
     new_low, new_high = _widen(new_low, new_high)
     if integer:
-        new_sign = sign if int(power) % 2 else sign.abs()
+        new_sign = sign if int(power) % 2 else np.abs(sign)
     else:
-        new_sign = torch.where(sign > 0, 1.0, math.nan)  # a negative base has no real power
+        new_sign = np.where(sign > 0, 1.0, math.nan)  # a negative base has no real power
     return new_low, new_high, new_sign
 
 
-def _values(bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+def _values(bounds: Bounds) -> tuple[np.ndarray, np.ndarray]:
     """The value's own interval [smallest, largest] (inf where 2**bound overflows)."""
     low, high, sign = bounds
-    small, large = torch.exp2(low), torch.exp2(high)
-    smallest = torch.where(sign > 0, small, torch.where(sign < 0, -large, torch.where(sign == 0, 0.0, -large)))
-    largest = torch.where(sign > 0, large, torch.where(sign < 0, -small, torch.where(sign == 0, 0.0, large)))
+    small, large = np.exp2(low), np.exp2(high)
+    smallest = np.where(sign > 0, small, np.where(sign < 0, -large, np.where(sign == 0, 0.0, -large)))
+    largest = np.where(sign > 0, large, np.where(sign < 0, -small, np.where(sign == 0, 0.0, large)))
     return smallest, largest
 
 
 def _exp(argument: Bounds) -> Bounds:
     smallest, largest = _values(argument)
     low, high = _widen(smallest * _LOG2_E, largest * _LOG2_E)
-    return low, high, torch.ones_like(low)
+    return low, high, np.ones_like(low)
 
 
 def _log(argument: Bounds) -> Bounds:
@@ -159,48 +167,49 @@ def _log(argument: Bounds) -> Bounds:
     above = low > 0  # a > 1: ln(a) > 0
     below = high < 0  # a < 1: ln(a) < 0
     ln2 = math.log(2)
-    out_low = torch.where(above, torch.log2(ln2 * low), torch.where(below, torch.log2(ln2 * -high), -_INF))
-    out_high = torch.where(above, torch.log2(ln2 * high), torch.where(below, torch.log2(ln2 * -low), _INF))
+    out_low = np.where(above, np.log2(ln2 * low), np.where(below, np.log2(ln2 * -high), -_INF))
+    out_high = np.where(above, np.log2(ln2 * high), np.where(below, np.log2(ln2 * -low), _INF))
     out_low, out_high = _widen(out_low, out_high)
-    out_sign = torch.where(above, 1.0, torch.where(below, -1.0, math.nan))
+    out_sign = np.where(above, 1.0, np.where(below, -1.0, math.nan))
     positive = sign > 0
-    return torch.where(positive, out_low, -_INF), torch.where(positive, out_high, _INF), \
-        torch.where(positive, out_sign, math.nan)
+    return np.where(positive, out_low, -_INF), np.where(positive, out_high, _INF), \
+        np.where(positive, out_sign, math.nan)
 
 
 def _abs(argument: Bounds) -> Bounds:
     low, high, sign = argument
-    return low, high, torch.where(torch.isnan(sign), 1.0, sign.abs())
+    return low, high, np.where(np.isnan(sign), 1.0, np.abs(sign))
 
 
 def _bounded(argument: Bounds) -> Bounds:
     """sin, cos, tanh, atan, erf: at most 2 in magnitude, possibly 0, sign not tracked."""
     low, _, _ = argument
-    return torch.full_like(low, -_INF), torch.full_like(low, 1.0 + _FLOOR), torch.full_like(low, math.nan)
+    return np.full_like(low, -_INF), np.full_like(low, 1.0 + _FLOOR), np.full_like(low, math.nan)
 
 
 def _add(terms: list[Bounds]) -> Bounds:
-    lows = torch.stack([t[0] for t in terms])
-    highs = torch.stack([t[1] for t in terms])
-    signs = torch.stack([t[2] for t in terms])
+    shape = np.broadcast_shapes(*[t[0].shape for t in terms])
+    lows = np.stack([np.broadcast_to(t[0], shape) for t in terms])
+    highs = np.stack([np.broadcast_to(t[1], shape) for t in terms])
+    signs = np.stack([np.broadcast_to(t[2], shape) for t in terms])
     spread = math.log2(len(terms))
-    known = ~torch.isnan(signs).any(0)
+    known = ~np.isnan(signs).any(0)
     nonzero = signs != 0
     same = known & ((signs >= 0).all(0) | (signs <= 0).all(0))
-    top_high = highs.max(0).values
+    top_high = highs.max(0)
     # One sign throughout: at least the largest term's lower bound, at most n times the largest.
-    same_low = torch.where(nonzero, lows, -_INF).max(0).values
-    same_sign = torch.where(nonzero, signs, 0.0).sum(0).sign()
+    same_low = np.where(nonzero, lows, -_INF).max(0)
+    same_sign = np.sign(np.where(nonzero, signs, 0.0).sum(0))
     # Mixed signs: a term whose lower bound exceeds every other term's upper bound by more than
     # log2(n) + 1 decides the sign, and the sum keeps at least half of it.
-    lead = torch.argmax(lows, 0, keepdim=True)
-    lead_low = lows.gather(0, lead)[0]
-    positions = torch.arange(len(terms)).reshape(-1, *([1] * (lows.dim() - 1)))
-    others_high = torch.where(positions == lead, -_INF, highs).max(0).values
+    lead = np.argmax(lows, 0)[None]
+    lead_low = np.take_along_axis(lows, lead, 0)[0]
+    positions = np.arange(len(terms)).reshape(-1, *([1] * (lows.ndim - 1)))
+    others_high = np.where(positions == lead, -_INF, highs).max(0)
     dominant = known & (lead_low - others_high > spread + 1)
-    low = torch.where(same, same_low, torch.where(dominant, lead_low - 1.0, -_INF))
+    low = np.where(same, same_low, np.where(dominant, lead_low - 1.0, -_INF))
     high = top_high + spread
-    sign = torch.where(same, same_sign, torch.where(dominant, signs.gather(0, lead)[0], math.nan))
+    sign = np.where(same, same_sign, np.where(dominant, np.take_along_axis(signs, lead, 0)[0], math.nan))
     low, high = _widen(low, high)
     return low, high, sign
 
@@ -213,16 +222,16 @@ def _piecewise(expr: sympy.Piecewise, symbols: tuple[sympy.Symbol, ...]) -> Node
     except Exception:  # a condition torch cannot evaluate: no bound
         return lambda values: _unknown(values[0])
 
-    def node(values: Sequence[torch.Tensor]) -> Bounds:
-        (index,) = chosen(*values)
-        index = torch.as_tensor(index, dtype=torch.float64).expand(values[0].shape)
+    def node(values: Sequence[np.ndarray]) -> Bounds:
+        (index,) = chosen(*[torch.from_numpy(np.array(v)) for v in values])
+        index = np.broadcast_to(torch.as_tensor(index, dtype=torch.float64).numpy(), values[0].shape)
         low, high, sign = _unknown(values[0])
         for k, (branch, _) in enumerate(branches):
             taken = index == k
-            if bool(taken.any()):
+            if taken.any():
                 b_low, b_high, b_sign = branch(values)
-                low, high, sign = (torch.where(taken, b_low, low), torch.where(taken, b_high, high),
-                                   torch.where(taken, b_sign, sign))
+                low, high, sign = (np.where(taken, b_low, low), np.where(taken, b_high, high),
+                                   np.where(taken, b_sign, sign))
         return low, high, sign
 
     return node

@@ -44,6 +44,7 @@ that infinity (``gamma'(0) = -inf``); otherwise the IEEE float64 value stays
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ import torch
 
 from autocheck import _magnitude, _precise, _printer
 from autocheck._budget import OutOfTime
+from autocheck._errors import TranslationError
 from autocheck._error_model import KERNEL_ERROR, UNDERFLOW, kernel_error, relative_bound
 
 __all__ = ["TRUSTED_ERROR", "evaluate", "fast", "fast_values"]
@@ -76,9 +78,17 @@ class _Plan:
     kernel_error: tuple[float, ...]  # per expression: its worst kernel's error, relative, in roundoffs
 
     @functools.cached_property
-    def factored(self) -> tuple["_Plan | None", ...]:
-        """Per expression: the plan of its factored form, where factoring changes a small sum."""
-        return tuple(_factored_plan(e, self.symbols) for e in self.exprs)
+    def forms(self) -> tuple[tuple["_Plan", ...], ...]:
+        """Per expression: plans of equivalent forms that float64 may evaluate better where
+        this one is not trusted (its factored form; its erfc scaled to erfcx)."""
+        return tuple(tuple(p for p in (_factored_plan(e, self.symbols), _scaled_plan(e, self.symbols))
+                           if p is not None) for e in self.exprs)
+
+    @functools.cached_property
+    def extended(self) -> tuple[Callable[..., tuple[np.ndarray, ...]] | None, ...]:
+        """Per expression: its value, overflow probe and relative error bound in long double,
+        where it has only elementary functions and long double is wider than float64."""
+        return tuple(_extended_plan(e, self.symbols) for e in self.exprs)
 
     @functools.cached_property
     def bounds(self) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -95,17 +105,90 @@ def _factored_plan(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> "_Pla
     if (not isinstance(expr, sympy.Add) or expr.has(sympy.Piecewise) or expr.atoms(*KERNEL_ERROR)
             or sympy.count_ops(expr) > MAX_FACTORED_OPS or not expr.free_symbols):
         return None  # an inaccurate kernel inside: high precision decides
+    # x*sign(x) is |x| wherever sign's argument is not 0 (softsign's derivative cancels to
+    # 1/(|x| + 1)**2 only so): the factored value is used only where those arguments are not 0.
+    guards = sorted({f.args[0] for f in expr.atoms(sympy.sign)}, key=sympy.default_sort_key)
     try:
-        factored = sympy.factor(expr)
+        factored = sympy.factor(expr.replace(sympy.sign, lambda u: sympy.Abs(u) / u))
     except (sympy.PolynomialError, ValueError, TypeError, NotImplementedError):
         return None
     if factored == expr or isinstance(factored, sympy.Add):
         return None
-    return _Plan((factored,), symbols, _printer.to_torch([factored, _overflow_probe(factored)], symbols), (0.0,))
+    return _Plan((factored,), symbols, _printer.to_torch([factored, _overflow_probe(factored), *guards], symbols),
+                 (0.0,))
+
+
+def _extended_plan(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]
+                   ) -> Callable[..., tuple[np.ndarray, ...]] | None:
+    if _printer.LONGDOUBLE_BITS < 64 or expr.is_number:
+        return None
+    try:
+        return _printer.to_longdouble([expr, _overflow_probe(expr), relative_bound(expr)], [*symbols, UNDERFLOW])
+    except TranslationError:
+        return None  # a special function: no long double kernel
+
+
+def _accurate_form(expr: sympy.Expr) -> sympy.Expr:
+    """The same function written so that float64 evaluates it well, by identities:
+
+    * a Bessel function of integer order two or more by the recurrence from orders 0 and 1
+      (torch has kernels for those);
+    * ``erfinv(2x - 1)`` as ``-erfcinv(2x)``, whose argument is not rounded near -1;
+    * ``1 - erfc(u)/2`` as ``erfc(-u)/2``, ``1 - erf(u)`` as ``erfc(u)``: no cancellation.
+    """
+    expr = expr.replace(
+        lambda e: isinstance(e, (sympy.besseli, sympy.besselj)) and e.args[0].is_Integer and abs(int(e.args[0])) >= 2,
+        lambda e: sympy.expand_func(e))
+    expr = expr.replace(lambda e: isinstance(e, sympy.erfinv), _erfinv_form)
+    return expr.replace(lambda e: isinstance(e, sympy.Add) and e.has(sympy.erf, sympy.erfc), _complement_form)
+
+
+def _erfinv_form(e: sympy.erfinv) -> sympy.Expr:
+    (u,) = e.args
+    for shifted, form in ((1 + u, lambda v: -sympy.erfcinv(v)), (1 - u, sympy.erfcinv)):
+        if sympy.count_ops(shifted) < sympy.count_ops(u):  # the constant cancels: 2x - 1 -> 2x
+            return form(shifted)
+    return e
+
+
+def _complement_form(e: sympy.Add) -> sympy.Expr:
+    constant, rest = e.as_independent(*e.free_symbols, as_Add=True)
+    if not constant.is_Number or constant == 0:
+        return e
+    terms = sympy.Add.make_args(rest)
+    for k, term in enumerate(terms):
+        c, f = term.as_independent(*term.free_symbols, as_Add=False)
+        others = sympy.Add(*terms[:k], *terms[k + 1:])
+        if isinstance(f, sympy.erfc) and constant == -2 * c:  # c (erfc(u) - 2) = -c erfc(-u)
+            return others - c * _printer.ReflectedErfc(f.args[0])
+        if isinstance(f, sympy.erf) and constant == -c:  # c (erf(u) - 1) = -c erfc(u)
+            return others - c * sympy.erfc(f.args[0])
+        if isinstance(f, sympy.erf) and constant == c:  # c (erf(u) + 1) = c erfc(-u)
+            return others + c * _printer.ReflectedErfc(f.args[0])
+    return e
+
+
+def _scaled_plan(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> "_Plan | None":
+    """erfc(z) written exp(-z**2) erfcx(z), and besseli(n, x) (n = 0, 1) written
+    exp(|x|) i{n}e(x): far out, where erfc underflows or besseli overflows and a ratio with an
+    exponential is 0/0 or inf/inf in float64 (log_ndtr's derivative at -40, i0e's at 800), the
+    exponentials cancel symbolically. Where the scaled form itself overflows (erfcx below -26)
+    it is not finite and not used."""
+    scalable = expr.atoms(sympy.erfc, _printer.ReflectedErfc) or any(f.args[0] in (0, 1) for f in expr.atoms(sympy.besseli))
+    if not scalable or sympy.count_ops(expr) > MAX_FACTORED_OPS:
+        return None
+    scaled = expr.replace(lambda e: isinstance(e, sympy.erfc), lambda e: sympy.exp(-e.args[0] ** 2) * _printer.Erfcx(e.args[0]))
+    scaled = scaled.replace(lambda e: isinstance(e, _printer.ReflectedErfc),
+                            lambda e: sympy.exp(-e.args[0] ** 2) * _printer.Erfcx(-e.args[0]))
+    scaled = scaled.replace(lambda e: isinstance(e, sympy.besseli) and e.args[0] in (0, 1),
+                            lambda e: sympy.exp(sympy.Abs(e.args[1])) * _printer.ScaledBesselI(*e.args))
+    scaled = sympy.expand_log(scaled, force=True)
+    return _Plan((scaled,), symbols, _printer.to_torch([scaled, _overflow_probe(scaled)], symbols), (0.0,))
 
 
 @functools.lru_cache(maxsize=256)
 def _plan(exprs: tuple[sympy.Expr, ...], symbols: tuple[sympy.Symbol, ...], registrations: int) -> _Plan:
+    exprs = tuple(_accurate_form(e) for e in exprs)
     probes = [_overflow_probe(e) for e in exprs]
     values = _printer.to_torch([*exprs, *probes], symbols)
     kernels = tuple(max([kernel_error(f) for f in e.atoms(*KERNEL_ERROR)], default=0.0) for e in exprs)
@@ -153,22 +236,37 @@ def _float64(values: Sequence[torch.Tensor | float]) -> list[torch.Tensor]:
 
 def fast(
     exprs: Sequence[sympy.Expr], symbols: Sequence[sympy.Symbol], values: Sequence[torch.Tensor], *, accuracy: float
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]]:
     """Float64 values of ``exprs`` and, per expression, where the oracle vouches for them as
     they are: finite, no intermediate overflowed, and no kernel less accurate than ``accuracy``
     (relative). Cancellation is not looked at: a caller that needs it calls :func:`evaluate`.
+
+    Third, per expression that calls a kernel less accurate than ``accuracy`` (Bessel I,
+    erfinv): a bound on the absolute error of its value (the error model's, kernels included;
+    inf where an intermediate overflowed), else None. A value can be judged against a tolerance
+    wider than that error without a better one: ``|autograd - value| + error`` within it.
     """
     plan = _compiled(exprs, symbols)
-    results = plan.values(*_float64(values))
+    x64 = _float64(values)
+    results = plan.values(*x64)
     n = len(plan.exprs)
     outputs = [r.to(torch.float64) for r in results[:n]]
-    trusted = []
+    trusted: list[torch.Tensor] = []
+    errors: list[torch.Tensor | None] = []
+    bounds = None
     for i, (value, probe) in enumerate(zip(outputs, results[n:])):
+        finite = torch.isfinite(value) & torch.isfinite(probe)
         if plan.kernel_error[i] * _ROUNDOFF > accuracy:
             trusted.append(torch.zeros_like(value, dtype=torch.bool))
+            if math.isfinite(plan.kernel_error[i]):
+                bounds = plan.bounds(*x64, _SMALLEST_NORMAL) if bounds is None else bounds
+                error = bounds[i] * _ROUNDOFF * value.abs()
+                errors.append(torch.where(finite, error, math.inf).nan_to_num(nan=math.inf))
+                continue
         else:
-            trusted.append(torch.isfinite(value) & torch.isfinite(probe))
-    return outputs, trusted
+            trusted.append(finite)
+        errors.append(None)
+    return outputs, trusted, errors
 
 
 def fast_values(exprs: Sequence[sympy.Expr], symbols: Sequence[sympy.Symbol]) -> Callable[..., tuple[torch.Tensor, ...]]:
@@ -241,25 +339,29 @@ def evaluate(
             untrusted |= ~(error <= allowed)
         # Checks only: a correctly rounded reference (accuracy=None) needs more than the bound of
         # a factored product promises (a rounded power's kernel error is not in it).
-        if accuracy is not None and bool((untrusted & ~beyond).any()) and plan.factored[i] is not None:
-            output, untrusted = _try_factored(plan, i, output, untrusted & ~beyond, untrusted, values,
-                                              accuracy, against)
+        for form in plan.forms[i] if accuracy is not None else ():
+            if not bool(untrusted.any()):
+                break
+            output, untrusted = _try_form(form, output, untrusted, values, accuracy, against)
+            outputs[i] = output
+        if bool(untrusted.any()) and plan.extended[i] is not None:
+            output, untrusted = _try_extended(plan, i, output, untrusted, values, accuracy, against)
             outputs[i] = output
         if bool(untrusted.any()):
             outputs[i] = _refine(plan, i, output, untrusted, beyond, values, deadline)
     return tuple(outputs)
 
 
-def _try_factored(plan: _Plan, i: int, output: torch.Tensor, cancelled: torch.Tensor, untrusted: torch.Tensor,
-                  values: list[torch.Tensor], accuracy: float, against: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _try_form(form: _Plan, output: torch.Tensor, untrusted: torch.Tensor, values: list[torch.Tensor],
+              accuracy: float, against: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Where a sum cancelled, the factored form (x**2 e**x + 2x e**x = x (x + 2) e**x) often
-    does not: take its float64 value wherever its own error bound is good enough."""
+    does not, and where erfc underflowed its scaled form may not: take the form's float64
+    value wherever its own error bound is good enough."""
     inputs = torch.broadcast_tensors(*values)
+    cancelled = untrusted
     columns = [v[cancelled] for v in inputs]
-    factored = plan.factored[i]
-    value, probe = factored.values(*columns)
-    (bound,) = factored.bounds(*columns, _SMALLEST_NORMAL)
+    value, probe, *guards = form.values(*columns)
+    (bound,) = form.bounds(*columns, _SMALLEST_NORMAL)
     value = value.to(torch.float64).expand(columns[0].shape)
     error = bound.expand(value.shape) * _ROUNDOFF * value.abs()
     size = value.abs() if against is None else torch.maximum(
@@ -267,10 +369,47 @@ def _try_factored(plan: _Plan, i: int, output: torch.Tensor, cancelled: torch.Te
     allowed = accuracy * size
     # A quarter of the allowance: the bound of a product of rounded powers is looser than a sum's.
     good = torch.isfinite(value) & torch.isfinite(probe.expand(value.shape)) & (4 * error <= allowed)
+    for guard in guards:  # sign(u) was written |u|/u
+        good &= guard.expand(value.shape) != 0
     output, untrusted = output.clone(), untrusted.clone()
     where = cancelled.nonzero(as_tuple=True)
     output[tuple(w[good] for w in where)] = value[good].to(output.dtype)
     untrusted[tuple(w[good] for w in where)] = False
+    return output, untrusted
+
+
+#: The long double tier's error bound is this many times the float64 error model's (the C
+#: library's long double kernels are held to a few units in the last place, not one).
+EXTENDED_SAFETY = 4.0
+
+
+def _try_extended(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, values: list[torch.Tensor],
+                  accuracy: float | None, against: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-evaluate the untrusted points in long double (11 more bits, exponents to ±16384):
+    ratios of giants (``x**4/(1 + x**2)**2`` at 1e200) and moderate cancellation, wherever
+    the error bound, scaled to long double's roundoff, is good enough."""
+    inputs = torch.broadcast_tensors(*values)
+    columns = [v[untrusted].cpu().numpy() for v in inputs]
+    tiny = np.finfo(np.longdouble).tiny
+    value, probe, bound = plan.extended[i](*columns, tiny)
+    with np.errstate(all="ignore"):
+        magnitude = np.abs(value)
+        error = (EXTENDED_SAFETY * bound + EXTENDED_SAFETY) * np.longdouble(2.0) ** -_printer.LONGDOUBLE_BITS * magnitude
+        if accuracy is None:
+            allowed = TRUSTED_ERROR * _ROUNDOFF * magnitude
+        else:
+            size = magnitude if against is None else np.maximum(
+                magnitude, against.to(output.device).expand(untrusted.shape)[untrusted].abs().cpu().numpy())
+            allowed = accuracy * size
+        good = np.isfinite(value) & np.isfinite(probe) & (error <= allowed)
+    if not good.any():
+        return output, untrusted
+    where = tuple(w[torch.from_numpy(good)] for w in untrusted.nonzero(as_tuple=True))
+    output, untrusted = output.clone(), untrusted.clone()
+    with np.errstate(over="ignore"):  # beyond float64's range: inf is the rounded value
+        rounded = value[good].astype(np.float64)
+    output[where] = torch.from_numpy(rounded).to(output.device, output.dtype)
+    untrusted[where] = False
     return output, untrusted
 
 

@@ -54,7 +54,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import flint
@@ -171,9 +171,15 @@ def exact_values(
                 warnings.warn(reference.unavailable, stacklevel=4)
             n = len(distinct)
             row_values, row_found, row_certified = np.full(n, math.nan), np.zeros(n, bool), np.zeros(n, bool)
+            keys = distinct.view(np.int64).tolist() if symbols else [[]]  # bit patterns: -0.0 is not 0.0
             try:
                 for i, row in enumerate(zip(*columns) if symbols else [()]):
-                    row_values[i], row_found[i], row_certified[i] = _exact_at(reference, row, deadline)
+                    key = tuple(keys[i])
+                    known = reference.memo.get(key)
+                    if known is None:
+                        known = _exact_at(reference, row, deadline)
+                        reference.remember(key, known)
+                    row_values[i], row_found[i], row_certified[i] = known
             finally:  # out of time: what is done still comes back
                 values[:, j], found[:, j] = row_values[inverse], row_found[inverse]
                 certified[:, j] = row_certified[inverse]
@@ -182,6 +188,10 @@ def exact_values(
     finally:
         flint.ctx.prec = saved
     return Exact(values, found, certified)
+
+
+#: Settled points kept per expression.
+MEMO_POINTS = 4096
 
 
 class _NoValue(Exception):
@@ -207,6 +217,13 @@ class _Reference:
     warned: bool = False
     compiled_mpmath: bool = False
     mpmath_function: Callable[..., tuple[Any, ...]] | None = None
+    # Points already settled (a search meets its special values in every batch), by bit pattern.
+    memo: dict[tuple[int, ...], tuple[float, bool, bool]] = field(default_factory=dict)
+
+    def remember(self, key: tuple[int, ...], result: tuple[float, bool, bool]) -> None:
+        if len(self.memo) >= MEMO_POINTS:
+            self.memo.pop(next(iter(self.memo)))
+        self.memo[key] = result
 
     def mpmath(self) -> Callable[..., tuple[Any, ...]] | None:
         if not self.compiled_mpmath:
@@ -294,6 +311,10 @@ class _ArbSettle:
                 return math.nan, None, True  # certainly not real: the printer checked every domain
             if ball is not None and ball.is_finite():
                 low, high = _round(ball.lower()), _round(ball.upper())
+                if low == high and low == 0 and math.copysign(1, low) != math.copysign(1, high) \
+                        and bits < _zero_sign_bits(point):
+                    bits = _zero_sign_bits(point)  # -0.0 or 0.0: cos(x) - 1 at 1e-300 is -5e-601
+                    continue
                 if low == high:
                     return (low if low != 0 else low + high), ball, True
                 if bits >= _MAX_BITS:
@@ -411,12 +432,19 @@ def _binary_exponent(value: Any) -> int | None:
 
 
 def _start_bits(point: Sequence[Any]) -> int:
-    """Two extra bits per binary order below 1 of the tiniest input (cos(x) - 1 keeps x² at
-    1e-300), and one per binary order above 1 of the largest (exp(x) at 1e300 reduces its
-    argument by multiples of log 2 that need that many bits), up to the most arb is given."""
+    """One extra bit per binary order above 1 of the largest input (exp(x) at 1e300 reduces its
+    argument by multiples of log 2 that need that many bits), up to the most arb is given.
+    Tiny inputs add nothing: where they cancel (cos(x) - 1 at 1e-300) the ball says so, and
+    the next attempt takes the bits its radius asks for (erfcinv(2e-300) needs none)."""
     exponents = [e for e in map(_binary_exponent, point) if e is not None]
-    extra = 2 * max(0, -min(exponents, default=0)) + max(0, max(exponents, default=0))
-    return min(_START_BITS + extra, _MAX_BITS)
+    return min(_START_BITS + max(0, max(exponents, default=0)), _MAX_BITS)
+
+
+def _zero_sign_bits(point: Sequence[Any]) -> int:
+    """Bits that tell the sign of a value far below the smallest subnormal: two per binary
+    order below 1 of the tiniest input (cos(x) - 1 keeps x**2/2 at 1e-300)."""
+    exponents = [e for e in map(_binary_exponent, point) if e is not None]
+    return min(_start_bits(point) + 2 * max(0, -min(exponents, default=0)), _MAX_BITS)
 
 
 def _mpmath_start_bits(arguments: Sequence[Any]) -> int:

@@ -59,10 +59,12 @@ from typing import Any, Union
 
 import flint
 import mpmath
+import numpy as np
 import sympy
 import torch
 from flint import acb, arb, fmpq
 from sympy.codegen import cfunctions
+from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import MpmathPrinter, PythonCodePrinter
 from sympy.printing.pytorch import TorchPrinter
 
@@ -76,6 +78,8 @@ __all__ = [
     "Undefined",
     "register_sympy_function",
     "to_arb",
+    "LONGDOUBLE_BITS",
+    "to_longdouble",
     "to_mpmath",
     "to_torch",
 ]
@@ -260,7 +264,54 @@ def _bessel_orders(zero: Callable[[torch.Tensor], torch.Tensor], one: Callable[[
     return _EveryOrder(order)
 
 
+class ReflectedErfc(sympy.Function):
+    """``erfc(-u)``, kept as written: SymPy turns ``erfc(-u)`` into ``2 - erfc(u)``, which
+    cancels in float64 where ``erfc(u)`` is near 2 (the oracle's accurate forms use it)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        (u,) = self.args
+        return 2 * sympy.exp(-(u**2)) / sympy.sqrt(sympy.pi)
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+
+class Erfcx(sympy.Function):
+    """The scaled complementary error function ``exp(z**2) erfc(z)`` (``torch.special.erfcx``),
+    which stays in range where erfc underflows."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        (z,) = self.args
+        return 2 * z * Erfcx(z) - 2 / sympy.sqrt(sympy.pi)
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+
+class ScaledBesselI(sympy.Function):
+    """``exp(-|x|) besseli(n, x)`` (torch's ``i0e`` and ``i1e``), which stays in range where
+    besseli overflows."""
+
+    nargs = 2
+
+    def fdiff(self, argindex: int = 2) -> sympy.Expr:
+        n, x = self.args
+        if argindex != 2:
+            raise sympy.ArgumentIndexError(self, argindex)
+        return (ScaledBesselI(n - 1, x) + ScaledBesselI(n + 1, x)) / 2 - sympy.sign(x) * self
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[1].is_real
+
+
 _BUILTIN_TORCH: dict[type, Implementation | Mapping[int, Implementation]] = {
+    ReflectedErfc: lambda u: torch.special.erfc(-u),
+    ScaledBesselI: {0: "torch.special.i0e", 1: "torch.special.i1e"},
+    Erfcx: "torch.special.erfcx",
     sympy.exp: "torch.exp",
     sympy.log: "torch.log",
     sympy.sin: "torch.sin",
@@ -305,7 +356,9 @@ _BUILTIN_TORCH: dict[type, Implementation | Mapping[int, Implementation]] = {
     sympy.erf: "torch.special.erf",
     sympy.erfc: "torch.special.erfc",
     sympy.erfinv: "torch.special.erfinv",
-    sympy.erfcinv: lambda x: torch.special.erfinv(1 - x),
+    # erfcinv(x) = -ndtri(x/2)/sqrt(2): x/2 is exact and ndtri is accurate at both ends,
+    # where erfinv(1 - x) would lose x to the rounding of 1 - x.
+    sympy.erfcinv: lambda x: torch.special.ndtri(x / 2) * -math.sqrt(0.5),
     sympy.gamma: _gamma,
     sympy.loggamma: "torch.lgamma",
     sympy.zeta: _zeta,
@@ -378,6 +431,9 @@ _BUILTIN_MPMATH: dict[type, Implementation] = {
     sympy.Heaviside: _mp_heaviside,
     sympy.DiracDelta: _mp_dirac_delta,
     sympy.erfcinv: lambda x: mpmath.erfinv(1 - x),
+    ReflectedErfc: lambda u: mpmath.erfc(-u),
+    ScaledBesselI: lambda n, x: mpmath.exp(-abs(x)) * mpmath.besseli(n, x),
+    Erfcx: lambda z: mpmath.exp(z**2) * mpmath.erfc(z),
     sympy.loggamma: lambda x: mpmath.re(mpmath.loggamma(x)),  # log|gamma|, as torch.lgamma
     sympy.LambertW: "mpmath.lambertw",
     cfunctions.exp2: lambda x: mpmath.power(2, x),
@@ -496,9 +552,19 @@ def _arb_reciprocal(value: Any) -> arb:
 
 def _arb_integer_power(base: Any, n: int) -> arb:
     base = _ball(base)
-    if n >= 0 or base.is_nan():
-        return base**n
-    return _arb_reciprocal(base ** (-n))
+    if base.is_nan():
+        return base
+    if n < 0:
+        return _arb_reciprocal(_arb_integer_power(base, -n))
+    # By squaring: python-flint's ** gives nan for a ball centred on 0 ([0 +/- 1e-350]**1).
+    result = arb(1)
+    while n:
+        if n & 1:
+            result *= base
+        n >>= 1
+        if n:
+            base *= base
+    return result
 
 
 def _arb_rational_power(base: Any, p: int, q: int) -> arb:
@@ -723,6 +789,9 @@ _BUILTIN_ARB: dict[type, Implementation | _Real | None] = {
     sympy.sinc: _arb_method("sinc"),
     sympy.erf: _arb_method("erf"),
     sympy.erfc: _arb_method("erfc"),
+    ReflectedErfc: _Real(lambda u: (-u).erfc(), name="ReflectedErfc"),
+    ScaledBesselI: _Real(lambda n, x: (-abs(x)).exp() * x.bessel_i(n), name="ScaledBesselI"),
+    Erfcx: _Real(lambda z: (z * z).exp() * z.erfc(), name="Erfcx"),
     sympy.erfinv: _arb_method("erfinv", domain=_interval(-1, 1), pole=_at(-1, 1)),
     sympy.erfcinv: _arb_method("erfcinv", domain=_interval(0, 2), pole=_at(0, 2)),
     sympy.gamma: _arb_method("gamma", pole=_nonpositive_integer),
@@ -746,6 +815,70 @@ _BUILTIN_ARB: dict[type, Implementation | _Real | None] = {
     sympy.Or: lambda *a: any(a),
     sympy.Xor: lambda *a: sum(map(bool, a)) % 2 == 1,
     sympy.Not: lambda a: not a,
+}
+
+
+# --- numpy on long double ------------------------------------------------------------
+
+#: Significand bits of numpy's long double here: 64 on x86 (80-bit extended), 113 where
+#: it is IEEE quad, 53 where it is plain double (then the long double tier is skipped).
+LONGDOUBLE_BITS = np.finfo(np.longdouble).nmant + 1
+
+
+def _np_heaviside(x: np.ndarray, at_zero: Any = 0.5) -> np.ndarray:
+    return np.where(x > 0, 1.0, np.where(x < 0, 0.0, np.where(x == 0, at_zero, np.nan)))
+
+
+def _np_sign(x: np.ndarray) -> np.ndarray:
+    return np.sign(x)
+
+
+#: Elementary functions whose numpy ufuncs compute in long double (the C library's
+#: ``expl``, ``logl``, ...). Special functions have no long double kernel: expressions
+#: holding one skip the tier.
+_LONGDOUBLE: dict[type, Implementation] = {
+    sympy.exp: "numpy.exp",
+    sympy.log: "numpy.log",
+    sympy.sin: "numpy.sin",
+    sympy.cos: "numpy.cos",
+    sympy.tan: "numpy.tan",
+    sympy.sec: lambda x: 1 / np.cos(x),
+    sympy.csc: lambda x: 1 / np.sin(x),
+    sympy.cot: lambda x: 1 / np.tan(x),
+    sympy.asin: "numpy.arcsin",
+    sympy.acos: "numpy.arccos",
+    sympy.atan: "numpy.arctan",
+    sympy.atan2: "numpy.arctan2",
+    sympy.sinh: "numpy.sinh",
+    sympy.cosh: "numpy.cosh",
+    sympy.tanh: "numpy.tanh",
+    sympy.sech: lambda x: 1 / np.cosh(x),
+    sympy.csch: lambda x: 1 / np.sinh(x),
+    sympy.coth: lambda x: 1 / np.tanh(x),
+    sympy.asinh: "numpy.arcsinh",
+    sympy.acosh: "numpy.arccosh",
+    sympy.atanh: "numpy.arctanh",
+    sympy.Abs: "numpy.abs",
+    sympy.re: lambda x: x,
+    sympy.im: lambda x: np.zeros_like(x),
+    sympy.sign: _np_sign,
+    sympy.floor: "numpy.floor",
+    sympy.ceiling: "numpy.ceil",
+    sympy.Max: lambda *a: functools.reduce(np.maximum, a),
+    sympy.Min: lambda *a: functools.reduce(np.minimum, a),
+    sympy.Heaviside: _np_heaviside,
+    cfunctions.log1p: "numpy.log1p",
+    cfunctions.expm1: "numpy.expm1",
+    cfunctions.exp2: "numpy.exp2",
+    cfunctions.log2: "numpy.log2",
+    cfunctions.log10: "numpy.log10",
+    cfunctions.Sqrt: "numpy.sqrt",
+    cfunctions.Cbrt: "numpy.cbrt",
+    cfunctions.hypot: "numpy.hypot",
+    sympy.And: lambda *a: functools.reduce(np.logical_and, a),
+    sympy.Or: lambda *a: functools.reduce(np.logical_or, a),
+    sympy.Xor: lambda *a: functools.reduce(np.logical_xor, a),
+    sympy.Not: "numpy.logical_not",
 }
 
 
@@ -1213,6 +1346,66 @@ class _ArbPrinter(_TablePrinter, PythonCodePrinter):
         return code
 
 
+class _LongDoublePrinter(_TablePrinter, NumPyPrinter):
+    """numpy code on long double arrays: every number that is not a small integer is a
+    long double parsed from 40 digits, so no constant is rounded to float64 first."""
+
+    _target = "numpy long double"
+
+    def __init__(self, table: Mapping[type, Any], settings: dict[str, Any] | None = None) -> None:
+        super().__init__(table, settings)
+        self.namespace["_ld"] = np.longdouble
+
+    def _print(self, expr: Any, **kwargs: Any) -> str:
+        if isinstance(expr, sympy.Basic) and type(expr) in SYMPY_TO_TORCH.maps[0]:
+            raise _missing(expr, self._target)  # a user's translation: this tier does not second-guess it
+        return super()._print(expr, **kwargs)
+
+    def _print_Integer(self, expr: sympy.Integer) -> str:
+        return str(int(expr)) if abs(int(expr)) <= 2**53 else f"_ld({str(int(expr))!r})"
+
+    _print_Zero = _print_One = _print_NegativeOne = _print_Integer
+
+    def _print_Rational(self, expr: sympy.Rational) -> str:
+        return f"(_ld({str(int(expr.p))!r}) / _ld({str(int(expr.q))!r}))"
+
+    _print_Half = _print_Rational
+
+    def _print_Float(self, expr: sympy.Float) -> str:
+        return f"_ld({mpmath.libmp.to_str(expr._mpf_, 40)!r})"
+
+    def _print_Infinity(self, expr: sympy.Basic) -> str:
+        return "_ld('inf')"
+
+    def _print_NegativeInfinity(self, expr: sympy.Basic) -> str:
+        return "_ld('-inf')"
+
+    def _print_NaN(self, expr: sympy.Basic) -> str:
+        return "_ld('nan')"
+
+    _print_ComplexInfinity = _print_NaN
+
+    def _print_Pow(self, expr: sympy.Pow, rational: bool = False) -> str:
+        base, exponent = expr.args
+        if exponent == sympy.S.Half:
+            return f"numpy.sqrt({self._print(base)})"
+        if exponent.is_Integer:
+            return f"({self._print(base)})**({int(exponent)})"
+        return f"numpy.power({self._print(base)}, {self._print(exponent)})"
+
+    def _print_Relational(self, expr: sympy.core.relational.Relational) -> str:
+        return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
+
+    def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
+        code = "_ld('nan')"  # no branch holds -> undefined
+        for value, condition in reversed(expr.args):
+            if condition == sympy.true:
+                code = self._print(value)
+            elif condition != sympy.false:
+                code = f"numpy.where({self._print(condition)}, {self._print(value)}, {code})"
+        return code
+
+
 # --- the callables -----------------------------------------------------------------
 
 
@@ -1354,4 +1547,42 @@ def to_arb(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[..
         return tuple(_ball(v) for v in compiled(*[_ball(v) for v in values]))
 
     evaluate.__doc__ = f"Evaluate {exprs} at {symbols} on arb balls."
+    return evaluate
+
+
+def to_longdouble(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[..., tuple[np.ndarray, ...]]:
+    """Compile SymPy expressions of elementary functions into one numpy function on long
+    double arrays (:data:`LONGDOUBLE_BITS` significand bits, exponents to about ±16384).
+
+    The result takes one array per symbol and returns one long double array per
+    expression, broadcast to the arguments' shape; floating point exceptions are quiet.
+
+    Raises:
+        TranslationError: a function has no long double kernel (erf, gamma, Bessel, a
+            user registration), or the expression holds an unevaluated Derivative.
+
+    Example:
+        >>> import sympy, numpy
+        >>> x = sympy.Symbol("x", real=True)
+        >>> (value,) = to_longdouble([1 / x**2], [x])(numpy.array([1e300]))
+        >>> float(value[0])
+        0.0
+        >>> bool(value[0] > 0)
+        True
+    """
+    exprs, symbols = _prepare(exprs, symbols)
+    folded = [_fold_numbers(e) for e in exprs]
+    compiled = _lambdify(_LongDoublePrinter(_LONGDOUBLE), symbols, folded, "numpy")
+    n = len(symbols)
+
+    def evaluate(*values: Any) -> tuple[np.ndarray, ...]:
+        if len(values) != n:
+            raise TypeError(f"Expected {n} arguments, one per symbol in {symbols}, but got {len(values)}")
+        arrays = np.broadcast_arrays(*[np.asarray(v, dtype=np.longdouble) for v in values]) if values else []
+        shape = arrays[0].shape if arrays else ()
+        with np.errstate(all="ignore"):
+            outputs = compiled(*arrays)
+        return tuple(np.broadcast_to(np.asarray(o, dtype=np.longdouble), shape) for o in outputs)
+
+    evaluate.__doc__ = f"Evaluate {exprs} at {symbols} in long double."
     return evaluate

@@ -9,6 +9,7 @@ uniform values in [-10, 10]. The bulk comes from torch's generator, seeded, for 
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from decimal import Decimal
@@ -515,20 +516,16 @@ def infer_domain(forward: Any, symbols: Sequence[Any], given: Domain) -> Domain:
     is not real are rejected when drawn. An empty intersection is a :class:`DomainError`.
     """
     import sympy
-    from sympy.calculus.util import continuous_domain
 
     intervals = list(given.intervals)
     free = forward.free_symbols if forward is not None else set()
     for k, s in enumerate(symbols):
         if free != {s} or sympy.count_ops(forward) > _MAX_OPS_FOR_SYMBOLIC_DOMAIN:
             continue
-        try:
-            region = continuous_domain(forward, s, sympy.S.Reals)
-            if region.is_empty:
-                continue
-            low, high = float(region.inf), float(region.sup)
-        except Exception:  # noqa: BLE001 - SymPy cannot say (tan: the reals less a lattice): rejection
+        interval = _real_interval(forward, s)
+        if interval is None:
             continue
+        low, high = interval
         g_low, g_high = intervals[k]
         new_low, new_high = max(low, g_low), min(high, g_high)
         if new_low > new_high:
@@ -538,3 +535,19 @@ def infer_domain(forward: Any, symbols: Sequence[Any], given: Domain) -> Domain:
             )
         intervals[k] = (new_low, new_high)
     return Domain(given.names, tuple(intervals))
+
+
+@functools.lru_cache(maxsize=256)
+def _real_interval(forward: Any, s: Any) -> tuple[float, float] | None:
+    """The hull of where ``forward`` is real and continuous in ``s`` (SymPy can take a
+    second: kept per expression), or None where SymPy cannot say."""
+    import sympy
+    from sympy.calculus.util import continuous_domain
+
+    try:
+        region = continuous_domain(forward, s, sympy.S.Reals)
+        if region.is_empty:
+            return None
+        return float(region.inf), float(region.sup)
+    except Exception:  # noqa: BLE001 - SymPy cannot say (tan: the reals less a lattice): rejection
+        return None

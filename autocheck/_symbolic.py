@@ -245,8 +245,20 @@ def _names_read(code: types.CodeType) -> set[str]:
     return names
 
 
+#: Packages whose functions do not change between checks: keyed by identity, not read.
+_LIBRARIES = frozenset({"torch", "sympy", "numpy", "math", "functools", "builtins", "mpmath", "operator"})
+
+
+def _from_library(f: Any) -> bool:
+    module = getattr(f, "__module__", None)
+    return (isinstance(module, str) and module.partition(".")[0] in _LIBRARIES
+            and isinstance(f, (types.FunctionType, types.BuiltinFunctionType)))
+
+
 def _function_key(f: Any, depth: int = 0) -> Any:
     """What determines ``f``'s trace, hashable; raises :class:`_Unkeyable` where unsure."""
+    if _from_library(f):
+        return ("library", id(f))  # torch.nn.functional.softsign, sympy.sqrt: fixed code
     if isinstance(f, functools.partial):
         return ("partial", _function_key(f.func, depth + 1), _value_key(f.args, depth + 1),
                 _value_key(tuple(sorted(f.keywords.items())), depth + 1))

@@ -14,6 +14,7 @@ from autocheck._error_model import (
     OUTPUT_REUSE,
     PERTURBATION,
     UNDERFLOW,
+    UNIT,
     autograd_allowance,
     expand_ops,
     inaccurate_kernels,
@@ -60,8 +61,18 @@ def test_a_power_of_two_constant_is_exact_and_a_decimal_is_not():
 
 def test_a_function_passes_on_its_arguments_error_times_its_slope():
     # exp(2x + 1): the sum rounds (|2x + 1|), exp multiplies it by exp; exp rounds once itself.
-    bound = no_underflow(rounding(sympy.exp(2 * x + 1)))
+    bound = no_underflow(rounding(sympy.exp(2 * x + 1))).subs(UNIT, 0)
     assert sympy.simplify(bound - (sympy.exp(2 * x + 1) * sympy.Abs(2 * x + 1) + sympy.exp(2 * x + 1))) == 0
+
+
+def test_exp_of_an_argument_off_by_more_than_one_is_bounded_beyond_first_order():
+    # An argument off by d moves exp by up to exp(z) * d * e**d, not exp(z) * d: with a unit of
+    # 0.01, 2x + 1 at x = 100 is off by |2x + 1| = 201 units = 2.01, so the factor is e**2.01.
+    bound = no_underflow(rounding(sympy.exp(2 * x + 1)))
+    at = {x: 100, UNIT: sympy.Rational(1, 100)}
+    first_order = sympy.exp(201) * 201 + sympy.exp(201)
+    assert sympy.simplify(bound.subs(at) - (sympy.exp(201) * 201 * sympy.exp(sympy.Rational(201, 100)) + sympy.exp(201))) == 0
+    assert bound.subs(at) > 7 * first_order
 
 
 def test_the_underflow_unit_appears_once_per_operation():

@@ -11,7 +11,9 @@ import sympy
 import torch
 
 from autocheck import _oracle as oracle
+from autocheck import _printer
 from autocheck import _precise
+from autocheck._errors import TranslationError
 from autocheck._oracle import evaluate
 from autocheck._printer import SYMPY_TO_MPMATH, SYMPY_TO_TORCH, register_sympy_function, to_torch
 
@@ -345,3 +347,118 @@ def test_a_cancelling_sum_is_evaluated_in_its_factored_form_without_high_precisi
     (value,) = oracle.evaluate([expr], [x], [points], accuracy=1e-14)
     assert sum(calls) <= 1  # -2 itself, where the factored form is 0 too: nothing left to refine but it
     np.testing.assert_allclose(value.numpy(), exact, rtol=1e-14, atol=0)
+
+
+# --- cheaper tiers before high precision --------------------------------------------------
+
+
+def count_refinements(monkeypatch) -> list[int]:
+    """The number of points each call sends to high precision."""
+    calls: list[int] = []
+    real = _precise.exact_values
+    monkeypatch.setattr(_precise, "exact_values", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    return calls
+
+
+def arb_values(expr, points, symbols=(x,)):
+    return _precise.exact_values([expr], list(symbols), np.asarray(points, dtype=np.float64)[:, None]).values[:, 0]
+
+
+@pytest.mark.skipif(_printer.LONGDOUBLE_BITS < 64, reason="long double is float64 here")
+def test_a_ratio_of_giants_is_settled_in_long_double(monkeypatch):
+    # The quotient rule's (3x**2 - 2)(1 + x**2) - (x**3 - 2x) 2x over (1 + x**2)**2 overflows
+    # at 1e200 in float64; long double holds 1e800 and gives the value ~1.
+    expr = sympy.diff((x**3 - 2 * x) / (1 + x**2), x)
+    points = torch.tensor([1e200, -3e250, 7e120], dtype=torch.float64)
+    truth = arb_values(expr, points.numpy())
+    calls = count_refinements(monkeypatch)
+    (value,) = evaluate([expr], [x], [points])
+    assert calls == []
+    assert value.tolist() == truth.tolist()
+
+
+@pytest.mark.skipif(_printer.LONGDOUBLE_BITS < 64, reason="long double is float64 here")
+def test_the_long_double_printer_keeps_constants_exact():
+    from autocheck._printer import to_longdouble
+
+    (value,) = to_longdouble([sympy.Float(0.7) * x + sympy.Rational(1, 3) + sympy.pi], [x])(np.array([1.0]))
+    assert value[0] == np.longdouble(0.7) + np.longdouble(1) / 3 + np.longdouble("3.14159265358979323846264")
+    with pytest.raises(TranslationError, match="long double"):
+        to_longdouble([sympy.erf(x)], [x])
+
+
+def test_softsign_cancellation_is_evaluated_factored_where_sign_is_not_zero(monkeypatch):
+    # -x sign(x)/(|x| + 1)**2 + 1/(|x| + 1) is 1/(|x| + 1)**2 once x sign(x) is |x|.
+    expr = sympy.diff(x / (sympy.Abs(x) + 1), x)
+    points = torch.tensor([1e6, -3e9, 2.5e15, 0.0], dtype=torch.float64)
+    truth = arb_values(expr, points.numpy())
+    calls = count_refinements(monkeypatch)
+    (value,) = evaluate([expr], [x], [points], accuracy=1e-14)
+    assert sum(calls) <= 1  # at most 0, where |x|/x is not sign(x)
+    np.testing.assert_allclose(value.numpy(), truth, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize(("expr", "form"), [
+    (sympy.erfinv(2 * x - 1), -sympy.erfcinv(2 * x)),
+    (1 - sympy.erfc(x) / 2, _printer.ReflectedErfc(x) / 2),
+    (1 - sympy.erf(x), sympy.erfc(x)),
+    (sympy.besseli(0, x) / 2 + sympy.besseli(2, x) / 2, sympy.besseli(0, x) - sympy.besseli(1, x) / x),
+])
+def test_forms_that_float64_evaluates_well(expr, form):
+    assert oracle._accurate_form(expr) == form
+
+
+def test_ndtri_derivative_is_accurate_where_erfinv_of_2x_minus_1_is_not():
+    expr = sympy.sqrt(2 * sympy.pi) * sympy.exp(sympy.erfinv(2 * x - 1) ** 2)
+    points = torch.tensor([1e-300, 1e-20, 0.3, 1 - 2.0**-40], dtype=torch.float64)
+    truth = arb_values(expr, points.numpy())
+    fast, trusted, errors = oracle.fast([expr], [x], [points], accuracy=1e-9)
+    assert trusted[0].all() and errors[0] is None
+    np.testing.assert_allclose(fast[0].numpy(), truth, rtol=1e-9, atol=0)
+
+
+def test_log_ndtr_derivative_far_out_is_found_without_high_precision(monkeypatch):
+    # exp(-x**2/2) / (sqrt(2 pi) ndtr(x)) is 0/0 in float64 below -38; written with erfcx it is
+    # about |x|.
+    expr = sympy.diff(sympy.log(1 - sympy.erfc(x / sympy.sqrt(2)) / 2), x)
+    points = torch.tensor([-40.0, -1e5, -1e8], dtype=torch.float64)
+    truth = [mpmath_50(lambda v: mpmath.npdf(v) / mpmath.ncdf(v), p) for p in points.tolist()]
+    calls = count_refinements(monkeypatch)
+    (value,) = evaluate([expr], [x], [points], accuracy=1e-13)
+    assert calls == []
+    np.testing.assert_allclose(value.numpy(), truth, rtol=1e-13, atol=0)
+
+
+def test_a_loose_kernel_comes_with_an_error_bound_instead_of_trust():
+    # torch's i1 is within ~12 units of roundoff: not trusted to 1e-15, but bounded.
+    points = torch.tensor([0.5, 3.0, 600.0], dtype=torch.float64)
+    values, trusted, errors = oracle.fast([sympy.besseli(1, x)], [x], [points], accuracy=1e-15)
+    truth = arb_values(sympy.besseli(1, x), points.numpy())
+    assert not trusted[0].any()
+    assert (torch.from_numpy(truth) - values[0]).abs().le(errors[0]).all()
+    assert errors[0].le(200 * 2.0**-53 * values[0].abs()).all()
+
+
+def test_a_settled_point_is_not_computed_twice(monkeypatch):
+    calls = []
+    real = _precise._exact_at
+    monkeypatch.setattr(_precise, "_exact_at", lambda *a: calls.append(a[1]) or real(*a))
+    expr = sympy.exp(x) * sympy.polygamma(2, x + 3) + x  # a new expression: nothing remembered yet
+    first = _precise.exact_values([expr], [x], np.array([[2.5], [-0.0], [0.0]]))
+    second = _precise.exact_values([expr], [x], np.array([[2.5], [0.0]]))
+    assert sorted(map(str, calls)) == ["(-0.0,)", "(0.0,)", "(2.5,)"]  # -0.0 and 0.0 apart, once each
+    assert second.values[:, 0].tolist() == [first.values[0, 0], first.values[2, 0]]
+
+
+def test_tiny_inputs_that_cancel_still_get_their_bits():
+    points = [1e-300, 3e-200]
+    assert arb_values(sympy.cos(x) - 1, [1e-150]).tolist() == [-5e-301]
+    assert arb_values((sympy.cos(x) - 1) / x**2, points).tolist() == [-0.5, -0.5]
+    assert arb_values(sympy.exp(x) - 1 - x, [1e-100]).tolist() == [5e-201]
+
+
+def test_an_integer_power_of_a_ball_centred_on_zero_is_not_nan():
+    # 1 - erfc(z)/2 at z = -28.3 is a ball [0 +/- 4e-350] at 80 bits, and python-flint's ** gives
+    # nan for any power of it; the reciprocal must ask for more bits instead, and find the value.
+    expr = 1 / (1 - sympy.erfc(x / sympy.sqrt(2)) / 2)
+    assert arb_values(expr, [-40.0]).tolist() == [mpmath_50(lambda v: 1 / mpmath.ncdf(v), -40.0)]

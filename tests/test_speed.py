@@ -86,3 +86,24 @@ def test_the_same_seed_gives_the_same_work_and_report_in_two_processes():
             for _ in range(2)]
     assert runs[0] == runs[1]
     assert int(runs[0].split()[0]) > 50_000
+
+
+def test_library_functions_are_traced_once():
+    # torch.nn.functional.softsign reads globals (handle_torch_function, itself) that a key
+    # could not stand for: library code is keyed by identity.
+    assert derivatives(torch.nn.functional.softsign) is derivatives(torch.nn.functional.softsign)
+    assert derivatives(torch.nn.functional.mish) is not derivatives(torch.nn.functional.softsign)
+
+
+def test_the_real_domain_is_inferred_once_per_function(monkeypatch):
+    import sympy.calculus.util as util
+
+    from autocheck import _search
+
+    calls = []
+    real = util.continuous_domain
+    monkeypatch.setattr(util, "continuous_domain", lambda *a: calls.append(a) or real(*a))
+    f = lambda x: torch.logit(x, eps=0.125)  # noqa: E731
+    first = autocheck.check_grad(f, seed=0, examples=1)
+    second = autocheck.check_grad(f, seed=0, examples=1)
+    assert len(calls) <= 1 and first.checked == second.checked

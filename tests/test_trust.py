@@ -136,6 +136,27 @@ def test_contributions_summed_by_autograd_carry_their_own_rounding():
     assert report.ok and report.checked == 3
 
 
+def test_log_ndtr_far_out_is_judged_and_passes():
+    # torch computes exp(-(y + x**2/2)) from the rounded y = log_ndtr(x) ~ -x**2/2: at -1e9 the
+    # exponent is lost to rounding and autograd gives 1e55 where the derivative is 1e9. The code
+    # as written can give any value there; the exact derivative is found (it used to be "not finite").
+    x = torch.tensor([-40.0, -1e5, -1.15569311e9], dtype=F64)
+    report = autocheck.assert_grad_matches(torch.special.log_ndtr, x, seed=0)
+    assert (report.checked, report.failed) == (3, 0)
+    assert autocheck.check_grad(torch.special.log_ndtr, x, seed=0, strict=True).checked == 3
+
+
+def test_a_kernel_checked_through_its_error_bound_still_finds_a_small_error():
+    # i0's backward is torch's i1, less accurate than the tolerance asks of a reference: the
+    # cheap test adds the kernel's error bound; a backward off by 3e-11 is still found.
+    correct = custom(torch.special.i0, lambda g, x: g * torch.special.i1(x))
+    off = custom(torch.special.i0, lambda g, x: g * torch.special.i1(x) * (1 + 3e-11))
+    x = torch.linspace(-20, 20, 4001, dtype=F64)
+    assert autocheck.check_grad(correct, x, seed=0).ok
+    report = autocheck.check_grad(off, x, seed=0)
+    assert report.failed >= 3900 and "d/dx" in str(report)
+
+
 def test_no_grad_inside_f_is_stop_gradient():
     def f(x):
         with torch.no_grad():
