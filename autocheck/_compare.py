@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 
 from ._budget import OutOfTime
@@ -222,31 +223,67 @@ class Refinement:
 def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Tolerance) -> Verdict:
     """Judge every element of one gradient; return the counts and the worst rows."""
     verdict = Verdict()
+    # Few passes over the elements, in place where possible: on a million elements each costs
+    # about as much as an elementwise operation of the function checked.
     got = elements.autograd.reshape(-1).to(torch.float64)
     expected = elements.expected.reshape(-1)
-    skip = elements.skip.reshape(-1)
-    difference = (got - expected).abs()
-    quick = elements.trusted.reshape(-1) & (difference <= tol.atol + tol.rtol * expected.abs())
+    difference = torch.sub(got, expected).abs_()
+    limit = expected.abs().mul_(tol.rtol).add_(tol.atol)
+    quick = difference <= limit
+    del limit
+    trusted = elements.trusted
+    if trusted.numel() == 1:  # everywhere or nowhere: no pass over a broadcast mask
+        if not bool(trusted):
+            quick.zero_()
+    else:
+        quick &= trusted.reshape(-1)
     if elements.error is not None:
         # |autograd - exact| <= difference + error, and rtol * |exact| >= rtol * (|expected| - error).
         error = elements.error.reshape(-1)
-        quick |= difference + (1 + tol.rtol) * error <= tol.atol + tol.rtol * expected.abs()
-    quick &= ~skip
-    bad_input = int(elements.skip_input.sum())
-    verdict.skip(NOT_FINITE_INPUT, bad_input)
-    verdict.skip(NOT_FINITE_FORWARD, int(skip.sum()) - bad_input)
-    rest = (~quick & ~skip).nonzero().reshape(-1)
-    passed_quickly = int(quick.sum())
+        quick |= difference + (1 + tol.rtol) * error <= expected.abs().mul_(tol.rtol).add_(tol.atol)
+    skip = elements.skip.reshape(-1)
+    if _any(skip):
+        quick &= ~skip
+        bad_input = _count(elements.skip_input.reshape(-1))
+        verdict.skip(NOT_FINITE_INPUT, bad_input)
+        verdict.skip(NOT_FINITE_FORWARD, _count(skip) - bad_input)
+        rest = _nonzero(~(quick | skip))
+    else:
+        rest = _nonzero(~quick)
+    passed_quickly = _count(quick)
     verdict.checked += passed_quickly
     if passed_quickly:
-        relative = torch.where(quick, difference / expected.abs(), 0.0).nan_to_num(nan=0.0, posinf=0.0)
-        k = int(torch.argmax(relative))
+        relative = difference.div_(expected).abs_().masked_fill_(~quick, 0.0).nan_to_num_(nan=0.0, posinf=0.0)
+        k = _argmax(relative)
         verdict.max_rel = float(relative[k])
+        del relative, difference  # the same buffer, divided in place
         verdict.worst.append(_row(elements, torch.tensor([k]), got, expected, tol, dtype, torch.tensor([False]))[0])
         verdict.max_ulp = verdict.worst[0].ulp_error
     if rest.numel():
         verdict.merge(_judge_rest(elements, refine, rest, got, dtype, tol))
     return verdict
+
+
+# Reductions over masks, through numpy where the tensor is on the CPU: torch 2.13's CPU
+# any/nonzero/argmax over 2**18 elements take 130-370 us, numpy's 6-130 us (measured).
+
+
+def _any(mask: torch.Tensor) -> bool:
+    return bool(mask.numpy().any()) if mask.device.type == "cpu" else bool(mask.any())
+
+
+def _count(mask: torch.Tensor) -> int:
+    return int(np.count_nonzero(mask.numpy())) if mask.device.type == "cpu" else int(mask.sum())
+
+
+def _nonzero(mask: torch.Tensor) -> torch.Tensor:
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().reshape(-1)
+
+
+def _argmax(values: torch.Tensor) -> int:
+    return int(values.numpy().argmax()) if values.device.type == "cpu" else int(torch.argmax(values))
 
 
 def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_all: torch.Tensor,

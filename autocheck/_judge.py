@@ -197,20 +197,22 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     x64 = [p.to(torch.float64) for p in values]
     fast, trusted, errors = _oracle.fast(exact.exprs, d.symbols, x64, accuracy=check.accuracy)
     fast = [e.expand(shape).reshape(-1) for e in fast]
-    trusted = [t.expand(shape).reshape(-1) for t in trusted]
+    trusted = [t if t.numel() == 1 else t.expand(shape).reshape(-1) for t in trusted]  # 0-d: all or none
     errors = [e.expand(shape).reshape(-1) if e is not None else None for e in errors]
-    points = torch.stack([p.expand(shape).reshape(-1) for p in x64], dim=1)
-    bad_input = ~torch.isfinite(points).all(dim=1)
-    skip = ~torch.isfinite(forward.to(torch.float64).expand(shape).reshape(-1)) | bad_input
+    skip, bad_input = _not_finite(forward, x64, shape)
     v64 = v.to(torch.float64).reshape(-1)
     u64 = [w.to(torch.float64).reshape(-1) for w in u] if u is not None else None
-    batch = _Batch(check, exact, points)
+    batch = _Batch(check, exact, x64, shape)
+    points = batch.points_at
     verdict = Verdict()
     for i in range(n):
         keys = [k for k, entry in enumerate(d.entries) if entry.wrt[-1] == i]
         weights = [v64 if order == 1 else v64 * u64[d.entries[k].wrt[0]] for k in keys]
-        expected = sum(w * fast[k] for w, k in zip(weights, keys))
-        trust = torch.stack([trusted[k] for k in keys]).all(dim=0)
+        if len(keys) == 1:  # the common case, without a pass for a sum or a stack
+            expected, trust = weights[0] * fast[keys[0]], trusted[keys[0]]
+        else:
+            expected = functools.reduce(torch.add, [w * fast[k] for w, k in zip(weights, keys)])
+            trust = torch.stack([trusted[k] for k in keys]).all(dim=0)
         # Where a loose kernel's value is known to within an error bound: the summed bound.
         error = None
         if any(errors[k] is not None for k in keys):
@@ -221,7 +223,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
             elements = Elements(
                 autograd=grads[i].reshape(-1), expected=expected, trusted=trust, error=error, skip=skip,
                 skip_input=bad_input,
-                upstream=v64 if order == 1 else None, where=label, point=lambda index: points[index],
+                upstream=v64 if order == 1 else None, where=label, point=points,
                 index=(lambda k: tuple(int(i) for i in np.unravel_index(k + offset, index_shape))) if index_shape else (lambda k: None),
             )
             refine = Refinement(
@@ -236,17 +238,43 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     return verdict
 
 
+def _not_finite(forward: torch.Tensor, inputs: Sequence[torch.Tensor], shape: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per element (flat): the forward value or an input is not finite; an input is not finite.
+
+    One sum of ``t * 0`` over them is nan exactly where one is inf or nan: a pass each, where
+    ``isfinite`` takes four. The inputs alone are looked at only where something is not finite.
+    """
+    total = torch.mul(forward, 0)  # inf * 0 and nan * 0 are nan, and so is any sum holding one
+    for t in inputs:
+        total = total.add_(t, alpha=0) if total.shape == torch.broadcast_shapes(total.shape, t.shape) else total + 0 * t
+    if float(total.sum()) == 0:  # nothing to skip: a 0-d mask, no pass over the elements
+        nothing = torch.zeros((), dtype=torch.bool, device=forward.device)
+        return nothing, nothing
+    skip = torch.ne(total, 0).expand(shape).reshape(-1)
+    bad_input = functools.reduce(torch.logical_or, [~torch.isfinite(p) for p in inputs]).expand(shape).reshape(-1)
+    return skip, bad_input
+
+
 @dataclass
 class _Batch:
     """The tier-two evaluations of one batch, on the elements that ask for them."""
 
     check: Any
     exact: Exact
-    points: torch.Tensor  # [N, n_params] float64
+    columns: list[torch.Tensor]  # float64, one per parameter, broadcastable to ``shape``
+    shape: Any
     _slack: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the last indices asked for, and their slack
 
+    @functools.cached_property
+    def _flat(self) -> list[torch.Tensor]:
+        return [c.expand(self.shape).reshape(-1) for c in self.columns]  # a copy only where broadcast
+
+    def points_at(self, index: torch.Tensor) -> torch.Tensor:
+        """[k, n_params] float64: the points of the elements at ``index``."""
+        return torch.stack(self._columns(index), dim=1)
+
     def _columns(self, index: torch.Tensor) -> list[torch.Tensor]:
-        return [self.points[index, j] for j in range(self.points.shape[1])]
+        return [c[index] for c in self._flat]
 
     def expected(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """Refined weighted exact values at ``points[index]``."""
@@ -274,7 +302,7 @@ class _Batch:
         def accepted(index: torch.Tensor, got: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
             w = weight[index]
             at = lambda moved: w * fast(*[moved[:, j] for j in range(moved.shape[1])])[0].reshape(-1)  # noqa: E731
-            kink = kink_test(self.points[index], got, at, allowed, self.check.dtype, anywhere)
+            kink = kink_test(self.points_at(index), got, at, allowed, self.check.dtype, anywhere)
             if shifted is None or bool(kink.all()):
                 return kink
             # An intermediate that underflowed: the local derivatives a smallest normal number
@@ -293,13 +321,14 @@ class _Batch:
     def broadcast(self, i: int, grad: torch.Tensor, own: torch.Tensor, shape: Any, skip: torch.Tensor,
                   label: str, keys: Sequence[int], weights: Sequence[torch.Tensor]) -> tuple[Elements, Refinement]:
         """A broadcast input's gradient sums over the broadcast dimensions: so does the exact side."""
-        everything = torch.arange(self.points.shape[0])
+        everything = torch.arange(math.prod(self.shape))
         input_shape = own.shape
         expected = self.expected(keys, weights, everything).reshape(shape).sum_to_size(input_shape).reshape(-1)
         slack = self.slack(keys, weights, everything).reshape(shape).sum_to_size(input_shape).reshape(-1)
-        skipped = skip.reshape(shape).to(torch.float64).sum_to_size(input_shape).reshape(-1) > 0
+        skipped = skip.expand(math.prod(shape)).reshape(shape) if skip.numel() == 1 else skip.reshape(shape)
+        skipped = skipped.to(torch.float64).sum_to_size(input_shape).reshape(-1) > 0
         # The row of an element of a broadcast input shows its own value; the others vary over the sum.
-        rows = torch.full((grad.numel(), self.points.shape[1]), math.nan, dtype=torch.float64)
+        rows = torch.full((grad.numel(), len(self.columns)), math.nan, dtype=torch.float64)
         rows[:, i] = own.reshape(-1).cpu()
         elements = Elements(
             autograd=grad.reshape(-1), expected=expected, trusted=torch.ones_like(skipped), skip=skipped,

@@ -74,8 +74,16 @@ class _Plan:
 
     exprs: tuple[sympy.Expr, ...]
     symbols: tuple[sympy.Symbol, ...]
-    values: Callable[..., tuple[torch.Tensor, ...]]  # the values, then one overflow probe per expression
+    values: Callable[..., tuple[torch.Tensor, ...]]  # the values, then the overflow probes that are not constant
     kernel_error: tuple[float, ...]  # per expression: its worst kernel's error, relative, in roundoffs
+    probed: tuple[bool, ...] = ()  # per expression: whether its overflow probe is among ``values``
+
+    def run(self, *values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """The float64 values, and per expression its overflow probe (None: it cannot overflow)."""
+        results = self.values(*values)
+        n = len(self.exprs)
+        probes = iter(results[n:])
+        return [r.to(torch.float64) for r in results[:n]], [next(probes) if p else None for p in self.probed]
 
     @functools.cached_property
     def forms(self) -> tuple[tuple["_Plan", ...], ...]:
@@ -190,9 +198,11 @@ def _scaled_plan(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> "_Plan 
 def _plan(exprs: tuple[sympy.Expr, ...], symbols: tuple[sympy.Symbol, ...], registrations: int) -> _Plan:
     exprs = tuple(_accurate_form(e) for e in exprs)
     probes = [_overflow_probe(e) for e in exprs]
-    values = _printer.to_torch([*exprs, *probes], symbols)
+    # A constant probe (0: nothing watched) is not computed: a pass over every point saved.
+    probed = tuple(not (p.is_number and math.isfinite(float(p))) for p in probes)
+    values = _printer.to_torch([*exprs, *[p for p, kept in zip(probes, probed) if kept]], symbols)
     kernels = tuple(max([kernel_error(f) for f in e.atoms(*KERNEL_ERROR)], default=0.0) for e in exprs)
-    return _Plan(exprs, symbols, values, kernels)
+    return _Plan(exprs, symbols, values, kernels, probed)
 
 
 def _compiled(exprs: Sequence[sympy.Expr], symbols: Sequence[sympy.Symbol]) -> _Plan:
@@ -230,6 +240,13 @@ def _watch(node: sympy.Basic, watched: set[sympy.Expr]) -> None:
         _watch(argument, watched)
 
 
+def _finite(value: torch.Tensor, probe: torch.Tensor | None) -> torch.Tensor:
+    finite = torch.isfinite(value)
+    if probe is not None:
+        finite &= torch.isfinite(probe)
+    return finite
+
+
 def _float64(values: Sequence[torch.Tensor | float]) -> list[torch.Tensor]:
     return [torch.as_tensor(v).detach().to(torch.float64) for v in values]
 
@@ -238,8 +255,9 @@ def fast(
     exprs: Sequence[sympy.Expr], symbols: Sequence[sympy.Symbol], values: Sequence[torch.Tensor], *, accuracy: float
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]]:
     """Float64 values of ``exprs`` and, per expression, where the oracle vouches for them as
-    they are: finite, no intermediate overflowed, and no kernel less accurate than ``accuracy``
+    they are: no intermediate overflowed, and no kernel less accurate than ``accuracy``
     (relative). Cancellation is not looked at: a caller that needs it calls :func:`evaluate`.
+    Nor is a value that is not finite: no comparison with a tolerance passes it.
 
     Third, per expression that calls a kernel less accurate than ``accuracy`` (Bessel I,
     erfinv): a bound on the absolute error of its value (the error model's, kernels included;
@@ -248,23 +266,21 @@ def fast(
     """
     plan = _compiled(exprs, symbols)
     x64 = _float64(values)
-    results = plan.values(*x64)
-    n = len(plan.exprs)
-    outputs = [r.to(torch.float64) for r in results[:n]]
+    outputs, probes = plan.run(*x64)
     trusted: list[torch.Tensor] = []
     errors: list[torch.Tensor | None] = []
     bounds = None
-    for i, (value, probe) in enumerate(zip(outputs, results[n:])):
-        finite = torch.isfinite(value) & torch.isfinite(probe)
+    for i, (value, probe) in enumerate(zip(outputs, probes)):
+        in_range = torch.isfinite(probe) if probe is not None else torch.ones((), dtype=torch.bool, device=value.device)
         if plan.kernel_error[i] * _ROUNDOFF > accuracy:
-            trusted.append(torch.zeros_like(value, dtype=torch.bool))
+            trusted.append(torch.zeros((), dtype=torch.bool, device=value.device))
             if math.isfinite(plan.kernel_error[i]):
                 bounds = plan.bounds(*x64, _SMALLEST_NORMAL) if bounds is None else bounds
                 error = bounds[i] * _ROUNDOFF * value.abs()
-                errors.append(torch.where(finite, error, math.inf).nan_to_num(nan=math.inf))
+                errors.append(torch.where(in_range, error, math.inf).nan_to_num(nan=math.inf))
                 continue
         else:
-            trusted.append(finite)
+            trusted.append(in_range)
         errors.append(None)
     return outputs, trusted, errors
 
@@ -272,8 +288,7 @@ def fast(
 def fast_values(exprs: Sequence[sympy.Expr], symbols: Sequence[sympy.Symbol]) -> Callable[..., tuple[torch.Tensor, ...]]:
     """The compiled float64 values of ``exprs`` (no refinement): for the kink test's neighbours."""
     plan = _compiled(exprs, symbols)
-    n = len(plan.exprs)
-    return lambda *values: tuple(r.to(torch.float64) for r in plan.values(*_float64(values))[:n])
+    return lambda *values: tuple(plan.run(*_float64(values))[0])
 
 
 def evaluate(
@@ -318,12 +333,10 @@ def evaluate(
         raise ValueError(f"Expected one value per symbol in {list(symbols)}, but got {len(values)} values")
     plan = _compiled(exprs, symbols)
     values = _float64(values)
-    results = plan.values(*values)
-    n = len(plan.exprs)
-    outputs = [r.to(torch.float64) for r in results[:n]]
+    outputs, probes = plan.run(*values)
     bounds = None
-    for i, (output, probe) in enumerate(zip(outputs, results[n:])):
-        beyond = ~(torch.isfinite(output) & torch.isfinite(probe))  # float64's range was left
+    for i, (output, probe) in enumerate(zip(outputs, probes)):
+        beyond = ~_finite(output, probe)  # float64's range was left
         untrusted = beyond.clone()
         if plan.exprs[i].is_number:
             pass  # a constant (0 for floor's derivative) is exact
