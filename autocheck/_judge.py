@@ -133,12 +133,20 @@ class Exact:
         partials = [self._local_derivatives[k] for k in keys if self._local_derivatives[k] is not None]
         if not partials or not math.prod(shape):
             return torch.zeros(shape, dtype=torch.bool)
-        points = torch.stack([c.expand(shape).reshape(-1).cpu() for c in columns], dim=1).numpy()
-        exact = _precise.exact_values(partials, self.derivatives.symbols, points)
-        # A pole (a limit, not a certified value) or no value; a value merely beyond float64's
-        # range (1/x**2 at 1e-156, times a tiny y) is certified and counts as one.
-        none = ~exact.found | np.isnan(exact.values) | (np.isinf(exact.values) & ~exact.certified)
-        return torch.from_numpy(none.any(axis=1)).reshape(shape)
+        flat = [c.expand(shape).reshape(-1).cpu() for c in columns]
+        # The oracle's cheap tiers first: log_ndtr's local derivative at -1e44 is about 1e44,
+        # which its scaled form gives at once and arb would spend seconds failing to find.
+        values = _oracle.evaluate(partials, self.derivatives.symbols, flat, accuracy=ATOM_ACCURACY)
+        settled = torch.stack([torch.isfinite(v.reshape(-1)) for v in values], dim=1).all(dim=1)
+        none = torch.zeros(settled.shape, dtype=torch.bool)
+        if bool((~settled).any()):
+            points = torch.stack(flat, dim=1)[~settled].numpy()
+            exact = _precise.exact_values(partials, self.derivatives.symbols, points)
+            # A pole (a limit, not a certified value) or no value; a value merely beyond float64's
+            # range (1/x**2 at 1e-156, times a tiny y) is certified and counts as one.
+            lost = ~exact.found | np.isnan(exact.values) | (np.isinf(exact.values) & ~exact.certified)
+            none[~settled] = torch.from_numpy(lost.any(axis=1))
+        return none.reshape(shape)
 
     def slack(self, columns: Sequence[torch.Tensor], units: tuple[float, float], rtol: float) -> list[torch.Tensor]:
         """rtol times the error model's bound of every entry at the given points (float64,
@@ -147,7 +155,26 @@ class Exact:
         The local derivatives inside the bound are evaluated by the oracle (they may cancel),
         and so is the bound itself where float64 overflows on its way to a finite slack.
         """
-        atoms = _oracle.evaluate([e for _, e in self.atoms], self.derivatives.symbols, columns, accuracy=ATOM_ACCURACY)
+        return self._slack(columns, self._atoms(columns), units, rtol)
+
+    def _atoms(self, columns: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(_oracle.evaluate([e for _, e in self.atoms], self.derivatives.symbols, columns,
+                                     accuracy=ATOM_ACCURACY))
+
+    def unbounded(self, columns: Sequence[torch.Tensor], units: tuple[float, float], rtol: float) -> list[torch.Tensor]:
+        """Per entry: where the slack is beyond float64's range by the rounding the code does
+        (log_ndtr's exp of a lost exponent), not by an underflow and not by a local derivative
+        that is itself beyond float64 (atan2's second derivative at 1e-160), which leave the
+        slack unknown rather than unbounded."""
+        atoms = self._atoms(columns)
+        shape = torch.broadcast_shapes(*[c.shape for c in columns])
+        known = torch.ones(shape, dtype=torch.bool)
+        for a in atoms:
+            known &= torch.isfinite(a).expand(shape).cpu()
+        return [torch.isinf(s).expand(shape).cpu() & known for s in self._slack(columns, atoms, (0.0, units[1]), rtol)]
+
+    def _slack(self, columns: Sequence[torch.Tensor], atoms: Sequence[torch.Tensor], units: tuple[float, float],
+               rtol: float) -> list[torch.Tensor]:
         arguments = [*columns, *units, rtol, *[a.abs() for a in atoms]]
         slack = [b.abs() for b in self.bounds(*arguments)]
         for k, values in enumerate(slack):
@@ -231,6 +258,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
                 slack=lambda index, keys=keys, weights=weights: batch.slack(keys, weights, index),
                 kink=batch.kink(keys[0], weights[0]) if order == 1 else None,
                 undefined=lambda index, keys=keys: exact.undefined(batch._columns(index), keys).reshape(-1),
+                unbounded=lambda index, keys=keys: batch.unbounded(keys, index),
             )
         else:
             elements, refine = batch.broadcast(i, grads[i], x64[i], shape, skip, label, keys, weights)
@@ -292,6 +320,12 @@ class _Batch:
             self._slack = (index, self.exact.slack(self._columns(index), self.check.units, self.check.tol.rtol))
         slack = self._slack[1]
         return sum(w[index].abs() * slack[k].reshape(-1) for w, k in zip(weights, keys))
+
+    def unbounded(self, keys: Sequence[int], index: torch.Tensor) -> torch.Tensor:
+        """Where the slack of some entry in ``keys`` is beyond float64's range by the rounding
+        the code does (see :meth:`Exact.unbounded`)."""
+        masks = self.exact.unbounded(self._columns(index), self.check.units, self.check.tol.rtol)
+        return torch.stack([masks[k].reshape(-1) for k in keys]).any(dim=0)
 
     def kink(self, key: int, weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         fast = _oracle.fast_values([self.exact.exprs[key]], self.exact.derivatives.symbols)

@@ -141,14 +141,32 @@ def _accurate_form(expr: sympy.Expr) -> sympy.Expr:
 
     * a Bessel function of integer order two or more by the recurrence from orders 0 and 1
       (torch has kernels for those);
-    * ``erfinv(2x - 1)`` as ``-erfcinv(2x)``, whose argument is not rounded near -1;
+    * ``erfinv(2x - 1)`` as ``-erfcinv(2x)``, whose argument is not rounded near -1, and
+      ``exp(erfcinv(y)**2)`` as ``erfcx(erfcinv(y))/y``;
     * ``1 - erfc(u)/2`` as ``erfc(-u)/2``, ``1 - erf(u)`` as ``erfc(u)``: no cancellation.
     """
     expr = expr.replace(
         lambda e: isinstance(e, (sympy.besseli, sympy.besselj)) and e.args[0].is_Integer and abs(int(e.args[0])) >= 2,
         lambda e: sympy.expand_func(e))
     expr = expr.replace(lambda e: isinstance(e, sympy.erfinv), _erfinv_form)
+    expr = expr.replace(_exp_of_erfcinv_squared, _erfcx_form)
     return expr.replace(lambda e: isinstance(e, sympy.Add) and e.has(sympy.erf, sympy.erfc), _complement_form)
+
+
+def _exp_of_erfcinv_squared(e: sympy.Basic) -> bool:
+    if not isinstance(e, sympy.exp):
+        return False
+    c, square = e.args[0].as_coeff_Mul()
+    return c.is_Rational and c > 0 and isinstance(square, sympy.Pow) and square.exp == 2 \
+        and isinstance(square.base, sympy.erfcinv)
+
+
+def _erfcx_form(e: sympy.exp) -> sympy.Expr:
+    """exp(a**2) with a = erfcinv(y) is erfcx(a)/y (erfc(a) = y): no longer the exponential of
+    a rounded square (ndtri's derivative near 0, where a**2 is 700)."""
+    c, square = e.args[0].as_coeff_Mul()
+    a = square.base
+    return (_printer.Erfcx(a) / a.args[0]) ** c
 
 
 def _erfinv_form(e: sympy.erfinv) -> sympy.Expr:

@@ -21,6 +21,20 @@ def best(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     return min(times)
 
 
+def interleaved(functions: dict[str, Callable[[], object]], repeat: int = 15) -> dict[str, list[float]]:
+    """Wall times of each function, run in turn ``repeat`` times after one warm-up round: on a
+    shared machine, load that comes and goes then lands on all of them alike."""
+    for fn in functions.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeat):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def machine() -> str:
     threads = torch.get_num_threads()
     return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} CPU threads"
