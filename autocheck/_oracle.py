@@ -99,6 +99,19 @@ class _Plan:
         return tuple(_extended_plan(e, self.symbols) for e in self.exprs)
 
     @functools.cached_property
+    def preferred(self) -> "_Plan":
+        """The plan :func:`fast` evaluates: each sum in its factored form where factoring
+        needs no condition (``x(x + 2)e**x`` for ``x**2 e**x + 2x e**x``, which cancels near -2):
+        fewer elements of a check then need more than the cheap test."""
+        forms = []
+        for e in self.exprs:
+            found = _factored(e)
+            forms.append(found[0] if found is not None and not found[1] else e)
+        if forms == list(self.exprs):
+            return self
+        return _plan(tuple(forms), self.symbols, _printer.registrations())
+
+    @functools.cached_property
     def bounds(self) -> Callable[..., tuple[torch.Tensor, ...]]:
         """Relative error bounds of the float64 values (kernel errors included), in roundoffs."""
         exprs = [relative_bound(e) if not e.is_number else sympy.Integer(0) for e in self.exprs]
@@ -109,19 +122,29 @@ class _Plan:
 MAX_FACTORED_OPS = 40
 
 
-def _factored_plan(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> "_Plan | None":
+@functools.lru_cache(maxsize=256)
+def _factored(expr: sympy.Expr) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]] | None:
+    """A sum's factored form, and the arguments of sign that must not be 0 for it to hold."""
     if (not isinstance(expr, sympy.Add) or expr.has(sympy.Piecewise) or expr.atoms(*KERNEL_ERROR)
             or sympy.count_ops(expr) > MAX_FACTORED_OPS or not expr.free_symbols):
         return None  # an inaccurate kernel inside: high precision decides
     # x*sign(x) is |x| wherever sign's argument is not 0 (softsign's derivative cancels to
     # 1/(|x| + 1)**2 only so): the factored value is used only where those arguments are not 0.
-    guards = sorted({f.args[0] for f in expr.atoms(sympy.sign)}, key=sympy.default_sort_key)
+    guards = tuple(sorted({f.args[0] for f in expr.atoms(sympy.sign)}, key=sympy.default_sort_key))
     try:
         factored = sympy.factor(expr.replace(sympy.sign, lambda u: sympy.Abs(u) / u))
     except (sympy.PolynomialError, ValueError, TypeError, NotImplementedError):
         return None
     if factored == expr or isinstance(factored, sympy.Add):
         return None
+    return factored, guards
+
+
+def _factored_plan(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> "_Plan | None":
+    found = _factored(expr)
+    if found is None:
+        return None
+    factored, guards = found
     return _Plan((factored,), symbols, _printer.to_torch([factored, _overflow_probe(factored), *guards], symbols),
                  (0.0,))
 
@@ -282,7 +305,7 @@ def fast(
     inf where an intermediate overflowed), else None. A value can be judged against a tolerance
     wider than that error without a better one: ``|autograd - value| + error`` within it.
     """
-    plan = _compiled(exprs, symbols)
+    plan = _compiled(exprs, symbols).preferred
     x64 = _float64(values)
     outputs, probes = plan.run(*x64)
     trusted: list[torch.Tensor] = []

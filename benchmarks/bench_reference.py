@@ -1,9 +1,9 @@
-"""Issue 2: the cost of the exact reference.
+"""The cost of the exact reference.
 
 Prints, measured side by side in one run:
-- trace + differentiate + lambdify for a scalar function (warm; target under 20 ms);
+- trace + differentiate + lambdify for a scalar function (warm);
 - the exact reference of x**2*exp(x) on 1e6 float64 points against one forward+backward
-  of the same function (target: within 1.5x).
+  of the same function.
 
 Run: python benchmarks/bench_reference.py
 """

@@ -153,9 +153,14 @@ def default_checks(functions: dict[str, object], thread_counts: tuple[int, ...] 
         stop = " (stopped at the 5 s deadline)" if timed_out else ""
         cells = " | ".join(f"{t:.3f} s" for t in seconds)
         lines.append(f"| {name} | {cells} | {checked:,} | {verdict}{stop} |")
-    within = sum(1 for r in rows if r[0] <= 0.3)
+    matches = [r for r in rows if r[4] == "match"]
+    mismatches = [r for r in rows if r[4] != "match"]
     lines.append("")
-    lines.append(f"{within} of {len(rows)} within 0.3 s.")
+    summary = f"{sum(1 for r in matches if r[0] <= 0.3)} of {len(matches)} matches within 0.3 s"
+    if mismatches:
+        summary += (f"; {len(mismatches)} mismatch{'es' if len(mismatches) > 1 else ''}, "
+                    f"the slowest reported in {max(r[0] for r in mismatches):.2f} s")
+    lines.append(summary + ".")
     return lines
 
 
