@@ -218,8 +218,9 @@ class Refinement:
     # derivative is infinite: asin(x) + acos(x) at x = 1 is inf - inf, though the sum's
     # derivative is 0); None where not known
     undefined: Callable[[torch.Tensor], torch.Tensor] | None = None
-    # indices -> where the allowance is beyond float64's range without the underflow term
-    unbounded: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # (indices, positions among them) -> where the allowance is beyond float64's range without
+    # the underflow term
+    unbounded: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Tolerance) -> Verdict:
@@ -314,7 +315,7 @@ def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_
     lost = torch.isinf(allowed) & torch.isinf(got)
     if refine.unbounded is not None and bool(lost.any()):
         where = lost.nonzero().reshape(-1)
-        within[where] = refine.unbounded(rest[where]).to(within.device)
+        within[where] = refine.unbounded(rest, where).to(within.device)
     # An exact value beyond the dtype's range rounds to inf: then inf is the right answer.
     upstream = elements.upstream.reshape(-1)[rest].to(got.device) if elements.upstream is not None else None
     derivative = expected / upstream if upstream is not None else expected

@@ -155,26 +155,28 @@ class Exact:
         The local derivatives inside the bound are evaluated by the oracle (they may cancel),
         and so is the bound itself where float64 overflows on its way to a finite slack.
         """
-        return self._slack(columns, self._atoms(columns), units, rtol)
+        return self.slack_with(columns, self.atom_values(columns), units, rtol)
 
-    def _atoms(self, columns: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def atom_values(self, columns: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The values of the bound's atoms (local derivatives and operations' values)."""
         return list(_oracle.evaluate([e for _, e in self.atoms], self.derivatives.symbols, columns,
                                      accuracy=ATOM_ACCURACY))
 
-    def unbounded(self, columns: Sequence[torch.Tensor], units: tuple[float, float], rtol: float) -> list[torch.Tensor]:
+    def unbounded(self, columns: Sequence[torch.Tensor], atoms: Sequence[torch.Tensor], units: tuple[float, float],
+                  rtol: float) -> list[torch.Tensor]:
         """Per entry: where the slack is beyond float64's range by the rounding the code does
         (log_ndtr's exp of a lost exponent), not by an underflow and not by a local derivative
         that is itself beyond float64 (atan2's second derivative at 1e-160), which leave the
-        slack unknown rather than unbounded."""
-        atoms = self._atoms(columns)
+        slack unknown rather than unbounded. ``atoms``: :meth:`atom_values` at ``columns``."""
         shape = torch.broadcast_shapes(*[c.shape for c in columns])
         known = torch.ones(shape, dtype=torch.bool)
         for a in atoms:
             known &= torch.isfinite(a).expand(shape).cpu()
-        return [torch.isinf(s).expand(shape).cpu() & known for s in self._slack(columns, atoms, (0.0, units[1]), rtol)]
+        return [torch.isinf(s).expand(shape).cpu() & known for s in self.slack_with(columns, atoms, (0.0, units[1]), rtol)]
 
-    def _slack(self, columns: Sequence[torch.Tensor], atoms: Sequence[torch.Tensor], units: tuple[float, float],
-               rtol: float) -> list[torch.Tensor]:
+    def slack_with(self, columns: Sequence[torch.Tensor], atoms: Sequence[torch.Tensor], units: tuple[float, float],
+                   rtol: float) -> list[torch.Tensor]:
+        """:meth:`slack`, with the atoms' values given (:meth:`atom_values`)."""
         arguments = [*columns, *units, rtol, *[a.abs() for a in atoms]]
         slack = [b.abs() for b in self.bounds(*arguments)]
         for k, values in enumerate(slack):
@@ -258,7 +260,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
                 slack=lambda index, keys=keys, weights=weights: batch.slack(keys, weights, index),
                 kink=batch.kink(keys[0], weights[0]) if order == 1 else None,
                 undefined=lambda index, keys=keys: exact.undefined(batch._columns(index), keys).reshape(-1),
-                unbounded=lambda index, keys=keys: batch.unbounded(keys, index),
+                unbounded=lambda index, positions, keys=keys: batch.unbounded(keys, index, positions),
             )
         else:
             elements, refine = batch.broadcast(i, grads[i], x64[i], shape, skip, label, keys, weights)
@@ -292,6 +294,7 @@ class _Batch:
     columns: list[torch.Tensor]  # float64, one per parameter, broadcastable to ``shape``
     shape: Any
     _slack: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the last indices asked for, and their slack
+    _atoms: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # and the atoms' values there
 
     @functools.cached_property
     def _flat(self) -> list[torch.Tensor]:
@@ -317,14 +320,21 @@ class _Batch:
     def slack(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """|weight| times the error model's slack (rtol times its bound) at ``points[index]``."""
         if self._slack is None or self._slack[0] is not index:  # expected() and the judge both ask
-            self._slack = (index, self.exact.slack(self._columns(index), self.check.units, self.check.tol.rtol))
+            columns = self._columns(index)
+            self._atoms = (index, self.exact.atom_values(columns))
+            self._slack = (index, self.exact.slack_with(columns, self._atoms[1], self.check.units, self.check.tol.rtol))
         slack = self._slack[1]
         return sum(w[index].abs() * slack[k].reshape(-1) for w, k in zip(weights, keys))
 
-    def unbounded(self, keys: Sequence[int], index: torch.Tensor) -> torch.Tensor:
-        """Where the slack of some entry in ``keys`` is beyond float64's range by the rounding
-        the code does (see :meth:`Exact.unbounded`)."""
-        masks = self.exact.unbounded(self._columns(index), self.check.units, self.check.tol.rtol)
+    def unbounded(self, keys: Sequence[int], index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """At ``index[positions]``: where the slack of some entry in ``keys`` is beyond float64's
+        range by the rounding the code does (see :meth:`Exact.unbounded`)."""
+        columns = [c[positions] for c in self._columns(index)]
+        if self._atoms is not None and self._atoms[0] is index:  # the slack's atoms, at these positions
+            atoms = [a.expand(index.shape)[positions] for a in self._atoms[1]]
+        else:
+            atoms = self.exact.atom_values(columns)
+        masks = self.exact.unbounded(columns, atoms, self.check.units, self.check.tol.rtol)
         return torch.stack([masks[k].reshape(-1) for k in keys]).any(dim=0)
 
     def kink(self, key: int, weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
