@@ -482,19 +482,23 @@ def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, 
         return output
     columns = [v[untrusted].cpu() for v in inputs]
     replaced = output[untrusted].cpu().numpy()
-    known = np.zeros(replaced.shape, dtype=bool)
-    outside = beyond.expand(untrusted.shape)[untrusted].cpu()
+    points = torch.stack(columns, dim=-1).numpy() if columns else np.zeros((1, 0))
+    # Points settled before (a search's special values come back in every batch).
+    remembered, known = _precise.remembered(plan.exprs[i], plan.symbols, points) if columns else (None, np.zeros(1, bool))
+    if known.any():
+        replaced[known] = remembered[known]
+    outside = beyond.expand(untrusted.shape)[untrusted].cpu().numpy() & ~known
     if columns and int(outside.sum()) >= MAGNITUDE_POINTS:
-        # First, all at once: values far outside float64's range round to 0 or to an infinity.
-        settled, value = _magnitude.settle(plan.exprs[i], plan.symbols, [c[outside] for c in columns])
-        where = outside.clone()
-        where[outside] = settled
-        known = where.numpy()
-        replaced[known] = value[settled].numpy()
+        # Then, all at once: values far outside float64's range round to 0 or to an infinity.
+        settled, value = _magnitude.settle(plan.exprs[i], plan.symbols, [c[torch.from_numpy(outside)] for c in columns])
+        settled, value = settled.numpy(), value.numpy()
+        where = np.flatnonzero(outside)[settled]
+        replaced[where] = value[settled]
+        known[where] = True
+        _precise.remember(plan.exprs[i], plan.symbols, points[where], value[settled])
     rest = ~known
     if rest.any():
-        points = torch.stack(columns, dim=-1).numpy()[rest] if columns else np.zeros((1, 0))
-        exact = _precise.exact_values([plan.exprs[i]], plan.symbols, points, deadline=deadline)
+        exact = _precise.exact_values([plan.exprs[i]], plan.symbols, points[rest], deadline=deadline)
         found = exact.found[:, 0]
         replaced[np.flatnonzero(rest)[found]] = exact.values[found, 0]
         known[np.flatnonzero(rest)[found]] = True

@@ -67,7 +67,7 @@ from autocheck import _printer
 from autocheck._errors import TranslationError
 from autocheck._printer import Undecided, Undefined
 
-__all__ = ["Exact", "exact_values"]
+__all__ = ["Exact", "exact_values", "remember", "remembered"]
 
 # Bits beyond float64's 53 that a ball's radius must clear before its ends are
 # expected to round alike: a jump aims at 2**-_GUARD_BITS of an ULP.
@@ -192,6 +192,27 @@ def exact_values(
 
 #: Settled points kept per expression.
 MEMO_POINTS = 4096
+
+
+def remembered(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values of ``expr`` already settled at rows of ``points`` (a search meets its special
+    values in every batch): (values, found), without computing anything new."""
+    memo = _reference(sympy.sympify(expr), tuple(symbols), _printer.registrations()).memo
+    values = np.full(len(points), math.nan)
+    found = np.zeros(len(points), dtype=bool)
+    if memo:
+        for i, key in enumerate(np.ascontiguousarray(points, dtype=np.float64).view(np.int64).tolist()):
+            known = memo.get(tuple(key))
+            if known is not None and known[1]:
+                values[i], found[i] = known[0], True
+    return values, found
+
+
+def remember(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], points: np.ndarray, values: np.ndarray) -> None:
+    """Keep values settled another way (a proven order of magnitude) for later lookups."""
+    reference = _reference(sympy.sympify(expr), tuple(symbols), _printer.registrations())
+    for key, value in zip(np.ascontiguousarray(points, dtype=np.float64).view(np.int64).tolist(), values.tolist()):
+        reference.remember(tuple(key), (value, True, True))
 
 
 class _NoValue(Exception):
