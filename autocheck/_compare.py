@@ -232,7 +232,9 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
     expected = elements.expected.reshape(-1)
     difference = torch.sub(got, expected).abs_()
     limit = expected.abs().mul_(tol.rtol).add_(tol.atol)
-    quick = difference <= limit
+    # Strictly below: an infinite expected value makes the limit inf, and inf <= inf would pass
+    # any autograd value there without a look (the rest of the judgement decides it).
+    quick = difference < limit
     del limit
     trusted = elements.trusted
     if trusted.numel() == 1:  # everywhere or nowhere: no pass over a broadcast mask
@@ -243,7 +245,7 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
     if elements.error is not None:
         # |autograd - exact| <= difference + error, and rtol * |exact| >= rtol * (|expected| - error).
         error = elements.error.reshape(-1)
-        quick |= difference + (1 + tol.rtol) * error <= expected.abs().mul_(tol.rtol).add_(tol.atol)
+        quick |= difference + (1 + tol.rtol) * error < expected.abs().mul_(tol.rtol).add_(tol.atol)
     skip = elements.skip.reshape(-1)
     if _any(skip):
         quick &= ~skip

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sympy
+from sympy.codegen import cfunctions
 
 from . import _printer
 from ._symbolic import finish
@@ -168,6 +169,11 @@ def _reuse_formula(op: str, order: int) -> sympy.Expr | None:
 # --------------------------------------------------------------------------------------
 
 
+#: Functions that grow exponentially in their argument: an argument off by d moves them by up
+#: to e**(rate d) - 1 <= rate d e**(rate d) relative, which the first order underestimates.
+_GROWTH: dict[type, Any] = {sympy.exp: 1, sympy.sinh: 1, sympy.cosh: 1, cfunctions.exp2: sympy.log(2)}
+
+
 def _abs(e: Any) -> Any:
     """|e| for real values: SymPy writes |exp(erfinv(x)**2)| with re() and im() when it
     cannot prove the argument real; here re(a) is a and im(a) is 0."""
@@ -225,7 +231,10 @@ class _Rounding:
         if isinstance(e, (sympy.Max, sympy.Min)):
             return sympy.Add(*map(error, e.args))  # the selection itself is exact
         if e.is_Add:
-            return sympy.Add(*map(error, e.args)) + _abs(e) + UNDERFLOW
+            # Each partial sum rounds: the last is the result; an earlier one may be larger than
+            # the result (log(x) + 1 - x near 1), and is at most the sum of the terms' sizes.
+            partial = max(len(e.args) - 2, 0) * sympy.Add(*map(_abs, e.args))
+            return sympy.Add(*map(error, e.args)) + _abs(e) + partial + UNDERFLOW
         if e.is_Mul:
             factors = e.args
             terms = []
@@ -242,7 +251,8 @@ class _Rounding:
             if base.free_symbols or not _exact_number(base):
                 result += _abs(exponent * base ** (exponent - 1)) * error(base)
             if exponent.free_symbols:
-                result += _abs(e * sympy.log(_abs(base))) * error(exponent)
+                rate = _abs(sympy.log(_abs(base)))  # b**y with y off by d: off by b**y (e**(d |log b|) - 1)
+                result += _abs(e) * rate * error(exponent) * sympy.exp(rate * UNIT * error(exponent))
             return result
         if isinstance(e, OpPartial) and self.reuse and not e.node.custom:
             formula = _reuse_formula(e.node.op, len(e.wrt))
@@ -257,11 +267,15 @@ class _Rounding:
             if self.kernels and type(e) in KERNEL_ERROR:
                 weight = kernel_error(e)
                 scale = _abs(e) if isinstance(e, _RELATIVE_KERNELS) else _abs(e) + 1
+                if isinstance(e, _printer.Erfcx):
+                    # torch's erfcx below 0 is 2 exp(z**2) - erfcx(-z): the rounded z**2 costs z**2 units.
+                    scale = scale * (1 + sympy.Max(0, -e.args[0]) ** 2)
                 result += weight * scale if math.isfinite(weight) else sympy.oo
             for k, argument in enumerate(e.args):
                 if argument.free_symbols and not _is_condition(argument):
                     spread = error(argument)
-                    growth = sympy.exp(UNIT * spread) if isinstance(e, sympy.exp) else 1
+                    rate = _GROWTH.get(type(e))
+                    growth = sympy.exp(rate * UNIT * spread) if rate is not None else 1
                     result += _abs(_partial(e, k)) * spread * growth
             return result
         return _abs(e)

@@ -172,7 +172,13 @@ class Exact:
         known = torch.ones(shape, dtype=torch.bool)
         for a in atoms:
             known &= torch.isfinite(a).expand(shape).cpu()
-        return [torch.isinf(s).expand(shape).cpu() & known for s in self.slack_with(columns, atoms, (0.0, units[1]), rtol)]
+        masks = [torch.zeros(shape, dtype=torch.bool) for _ in self.allowances]
+        if bool(known.any()):  # only there: an infinite atom leaves the slack unknown anyway
+            columns = [c.expand(shape)[known] for c in columns]
+            atoms = [a.expand(shape)[known] for a in atoms]
+            for mask, slack in zip(masks, self.slack_with(columns, atoms, (0.0, units[1]), rtol)):
+                mask[known] = torch.isinf(slack).expand(columns[0].shape if columns else ()).cpu()
+        return masks
 
     def slack_with(self, columns: Sequence[torch.Tensor], atoms: Sequence[torch.Tensor], units: tuple[float, float],
                    rtol: float) -> list[torch.Tensor]:
@@ -241,7 +247,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
             expected, trust = weights[0] * fast[keys[0]], trusted[keys[0]]
         else:
             expected = functools.reduce(torch.add, [w * fast[k] for w, k in zip(weights, keys)])
-            trust = torch.stack([trusted[k] for k in keys]).all(dim=0)
+            trust = functools.reduce(torch.logical_and, [trusted[k] for k in keys])  # 0-d masks broadcast
         # Where a loose kernel's value is known to within an error bound: the summed bound.
         error = None
         if any(errors[k] is not None for k in keys):

@@ -99,6 +99,11 @@ class _Plan:
         return tuple(_extended_plan(e, self.symbols) for e in self.exprs)
 
     @functools.cached_property
+    def may_cancel(self) -> tuple[bool, ...]:
+        """Per expression: whether it sums rounded terms that may have opposite signs."""
+        return tuple(_may_cancel(e) for e in self.exprs)
+
+    @functools.cached_property
     def preferred(self) -> "_Plan":
         """The plan :func:`fast` evaluates: each sum in its factored form where factoring
         needs no condition (``x(x + 2)e**x`` for ``x**2 e**x + 2x e**x``, which cancels near -2):
@@ -118,6 +123,22 @@ class _Plan:
         return _printer.to_torch(exprs, [*self.symbols, UNDERFLOW])
 
 
+def _may_cancel(expr: sympy.Expr) -> bool:
+    """A sum with a rounded term (not a symbol or a number) and terms of signs SymPy cannot
+    show to agree: ``x**2 e**x + 2x e**x`` may cancel; ``1 + e**-x`` and ``x + 2`` (exact terms,
+    one rounding) cannot lose more than that rounding."""
+    for node in sympy.preorder_traversal(expr):
+        if not isinstance(node, sympy.Add):
+            continue
+        terms = node.args
+        if all(t.is_Symbol or t.is_Number for t in terms):
+            continue
+        if all(t.is_nonnegative for t in terms) or all(t.is_nonpositive for t in terms):
+            continue
+        return True
+    return False
+
+
 #: Largest sum (in SymPy operations) the oracle tries to factor: factoring is cheap there.
 MAX_FACTORED_OPS = 40
 
@@ -135,9 +156,18 @@ def _factored(expr: sympy.Expr) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]] | N
         factored = sympy.factor(expr.replace(sympy.sign, lambda u: sympy.Abs(u) / u))
     except (sympy.PolynomialError, ValueError, TypeError, NotImplementedError):
         return None
+    # As printed: rebuilding a node evaluates it (SymPy distributes a number over a sum, so
+    # factor's (x - 10)/10 is computed as x/10 - 1); the bound must be of what is computed.
+    factored = _rebuilt(factored)
     if factored == expr or isinstance(factored, sympy.Add):
         return None
     return factored, guards
+
+
+def _rebuilt(expr: sympy.Basic) -> sympy.Basic:
+    if not expr.args or isinstance(expr, sympy.Symbol):
+        return expr
+    return expr.func(*[_rebuilt(a) for a in expr.args])
 
 
 def _factored_plan(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> "_Plan | None":
@@ -300,10 +330,13 @@ def fast(
     (relative). Cancellation is not looked at: a caller that needs it calls :func:`evaluate`.
     Nor is a value that is not finite: no comparison with a tolerance passes it.
 
+    A sum that may cancel is trusted only where its error bound is within ``accuracy``.
+
     Third, per expression that calls a kernel less accurate than ``accuracy`` (Bessel I,
-    erfinv): a bound on the absolute error of its value (the error model's, kernels included;
-    inf where an intermediate overflowed), else None. A value can be judged against a tolerance
-    wider than that error without a better one: ``|autograd - value| + error`` within it.
+    erfinv) or may cancel: a bound on the absolute error of its value (the error model's,
+    kernels included; inf where an intermediate overflowed), else None. A value can be judged
+    against a tolerance wider than that error without a better one: ``|autograd - value| +
+    error`` within it.
     """
     plan = _compiled(exprs, symbols).preferred
     x64 = _float64(values)
@@ -313,6 +346,15 @@ def fast(
     bounds = None
     for i, (value, probe) in enumerate(zip(outputs, probes)):
         in_range = torch.isfinite(probe) if probe is not None else torch.ones((), dtype=torch.bool, device=value.device)
+        if plan.may_cancel[i] and plan.kernel_error[i] * _ROUNDOFF <= accuracy:
+            # A sum of rounded terms of both signs may have lost its digits, and autograd may have
+            # lost the same ones evaluating the same formula (gelu's Phi(x) + x phi(x) far left):
+            # the value is trusted only where its error bound says it kept them.
+            bounds = plan.bounds(*x64, _SMALLEST_NORMAL) if bounds is None else bounds
+            trusted.append(in_range & (bounds[i] * _ROUNDOFF <= accuracy))
+            error = bounds[i] * _ROUNDOFF * value.abs()  # a value that cancelled to 0 has no bound: nan
+            errors.append(torch.where(in_range, error, math.inf).nan_to_num(nan=math.inf))
+            continue
         if plan.kernel_error[i] * _ROUNDOFF > accuracy:
             trusted.append(torch.zeros((), dtype=torch.bool, device=value.device))
             if math.isfinite(plan.kernel_error[i]):
@@ -433,8 +475,9 @@ def _try_form(form: _Plan, output: torch.Tensor, untrusted: torch.Tensor, values
 
 
 #: The long double tier's error bound is this many times the float64 error model's (the C
-#: library's long double kernels are held to a few units in the last place, not one).
-EXTENDED_SAFETY = 4.0
+#: library's long double kernels are documented within a few units in the last place, up to 4
+#: for tanh, sinh, asinh and expm1 in glibc's tables, where the model counts half of one).
+EXTENDED_SAFETY = 8.0
 
 
 def _try_extended(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, values: list[torch.Tensor],
@@ -487,9 +530,13 @@ def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, 
     remembered, known = _precise.remembered(plan.exprs[i], plan.symbols, points) if columns else (None, np.zeros(1, bool))
     if known.any():
         replaced[known] = remembered[known]
-    outside = beyond.expand(untrusted.shape)[untrusted].cpu().numpy() & ~known
+    # Then, all at once: values far outside float64's range round to 0 or to an infinity. The
+    # points beyond it in float64 are tried, and, where there are many, all the others too
+    # (e**-x x at 1e69 is 0.0 in float64, trusted by no bound, and certainly rounds to 0).
+    outside = ~known
+    if int(outside.sum()) < 4 * MAGNITUDE_POINTS:
+        outside &= beyond.expand(untrusted.shape)[untrusted].cpu().numpy()
     if columns and int(outside.sum()) >= MAGNITUDE_POINTS:
-        # Then, all at once: values far outside float64's range round to 0 or to an infinity.
         settled, value = _magnitude.settle(plan.exprs[i], plan.symbols, [c[torch.from_numpy(outside)] for c in columns])
         settled, value = settled.numpy(), value.numpy()
         where = np.flatnonzero(outside)[settled]

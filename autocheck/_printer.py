@@ -192,6 +192,15 @@ def _lambert_w(x: torch.Tensor, *branch: torch.Tensor) -> torch.Tensor:
     return _nan_where(x < -1 / math.e, w)
 
 
+def _erfcinv(x: torch.Tensor) -> torch.Tensor:
+    """erfcinv(x) = -ndtri(x/2)/sqrt(2): ndtri is accurate at both ends, where erfinv(1 - x)
+    would lose x to the rounding of 1 - x. x/2 is exact for normal x; below, nan (a value
+    nothing trusts: the oracle computes it exactly)."""
+    half = x / 2
+    return torch.where(x.abs() >= 2 * torch.finfo(x.dtype).tiny, torch.special.ndtri(half) * -math.sqrt(0.5),
+                       torch.nan)
+
+
 def _sec(x: torch.Tensor) -> torch.Tensor:
     return torch.reciprocal(torch.cos(x))
 
@@ -356,9 +365,7 @@ _BUILTIN_TORCH: dict[type, Implementation | Mapping[int, Implementation]] = {
     sympy.erf: "torch.special.erf",
     sympy.erfc: "torch.special.erfc",
     sympy.erfinv: "torch.special.erfinv",
-    # erfcinv(x) = -ndtri(x/2)/sqrt(2): x/2 is exact and ndtri is accurate at both ends,
-    # where erfinv(1 - x) would lose x to the rounding of 1 - x.
-    sympy.erfcinv: lambda x: torch.special.ndtri(x / 2) * -math.sqrt(0.5),
+    sympy.erfcinv: _erfcinv,
     sympy.gamma: _gamma,
     sympy.loggamma: "torch.lgamma",
     sympy.zeta: _zeta,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import sys
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -250,9 +251,16 @@ _LIBRARIES = frozenset({"torch", "sympy", "numpy", "math", "functools", "builtin
 
 
 def _from_library(f: Any) -> bool:
+    """A library's own function: found under its name in its module (a ``functools.wraps``
+    wrapper of torch.sin claims torch's module and name, but torch.sin is not it)."""
     module = getattr(f, "__module__", None)
-    return (isinstance(module, str) and module.partition(".")[0] in _LIBRARIES
-            and isinstance(f, (types.FunctionType, types.BuiltinFunctionType)))
+    if not (isinstance(module, str) and module.partition(".")[0] in _LIBRARIES
+            and isinstance(f, (types.FunctionType, types.BuiltinFunctionType))):
+        return False
+    if isinstance(f, types.FunctionType) and f.__closure__:
+        return False
+    owner = sys.modules.get(module)
+    return owner is not None and getattr(owner, getattr(f, "__name__", ""), None) is f
 
 
 def _function_key(f: Any, depth: int = 0) -> Any:

@@ -465,3 +465,14 @@ def test_an_integer_power_of_a_ball_centred_on_zero_is_not_nan():
     # nan for any power of it; the reciprocal must ask for more bits instead, and find the value.
     expr = 1 / (1 - sympy.erfc(x / sympy.sqrt(2)) / 2)
     assert arb_values(expr, [-40.0]).tolist() == [mpmath_50(lambda v: 1 / mpmath.ncdf(v), -40.0)]
+
+
+def test_a_sum_that_may_cancel_is_trusted_only_within_its_error_bound():
+    points = torch.tensor([1e-5, 2.0], dtype=torch.float64)
+    _, trusted, errors = oracle.fast([sympy.cos(x) - 1], [x], [points], accuracy=1e-14)
+    assert trusted[0].tolist() == [False, True]  # cos(1e-5) - 1 keeps 6 of its digits
+    truth = arb_values(sympy.cos(x) - 1, points.numpy())
+    fast, _, _ = oracle.fast([sympy.cos(x) - 1], [x], [points], accuracy=1e-14)
+    assert (fast[0] - torch.from_numpy(truth)).abs().le(errors[0]).all()
+    _, trusted, errors = oracle.fast([sympy.exp(-x) / (1 + sympy.exp(-x)) ** 2], [x], [points], accuracy=1e-14)
+    assert trusted[0].all() and errors[0] is None  # positive terms only: nothing to lose

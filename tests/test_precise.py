@@ -336,12 +336,12 @@ def test_deadline_in_the_past_finds_nothing():
 
 
 def test_deadline_stops_work_midway():
-    points = np.random.default_rng(1).uniform(-5, 5, 50_000).tolist()  # ~1.5 s of trigamma
+    points = np.random.default_rng(1).uniform(-5, 5, 200_000).tolist()  # ~6 s of trigamma
     _precise._reference.cache_clear()  # nothing settled by an earlier test
     precise(sympy.polygamma(1, x), [1.0])  # compiled before the clock starts
     start = time.perf_counter()
-    _, found, _ = precise(sympy.polygamma(1, x), points, deadline=time.monotonic() + 0.2)
-    assert time.perf_counter() - start < 1.0 and 0 < sum(found) < len(points)
+    _, found, _ = precise(sympy.polygamma(1, x), points, deadline=time.monotonic() + 1.0)
+    assert time.perf_counter() - start < 3.0 and 0 < sum(found) < len(points)
 
 
 def test_distinct_points_are_evaluated_once():

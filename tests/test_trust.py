@@ -157,6 +157,57 @@ def test_a_kernel_checked_through_its_error_bound_still_finds_a_small_error():
     assert report.failed >= 3900 and "d/dx" in str(report)
 
 
+def test_a_reference_that_cancels_as_autograd_does_is_not_trusted_by_the_cheap_test():
+    # gelu's backward computes Phi(x) + x phi(x), which cancels far left; a float64 reference
+    # written the same way cancels the same way, and the two agreed bit for bit at -8.409
+    # (autograd -1.17786e-15). mpmath says -1.16143e-15: the 1.4% error is torch's.
+    import mpmath
+
+    x = torch.tensor([-8.40933079], dtype=F64)
+    with mpmath.workdps(50):
+        v = mpmath.mpf(-8.40933079)
+        exact = float(mpmath.ncdf(v) + v * mpmath.npdf(v))
+    report = autocheck.check_grad(F.gelu, x, seed=0)
+    assert report.failed == 1
+    assert report.worst[0].expected / report.worst[0].upstream == pytest.approx(exact, rel=1e-12)
+
+
+def test_an_infinite_exact_value_does_not_pass_a_finite_gradient_unseen():
+    # (x**2 * 1e-150)**2 at 1e103: the exact derivative 4e-300 x**3 is beyond float64 (inf);
+    # a backward 3 times too large is finite and must still be judged, and fail.
+    ref = lambda x: (x**2 * 1e-150) ** 2  # noqa: E731
+    wrong = custom(ref, lambda g, x: g * 2 * (x**2 * 1e-150) * 1e-150 * 2 * x * 3.0)
+    report = autocheck.check_grad(wrong, torch.tensor([1e103], dtype=F64), reference=ref, seed=0)
+    assert (report.checked, report.failed) == (1, 1)
+
+
+def test_a_wrapper_of_a_torch_function_is_not_taken_for_it():
+    import functools
+
+    def doubled(fn):
+        @functools.wraps(fn)  # claims torch's module and name
+        def wrapper(x):
+            return 2 * fn(x)
+
+        return wrapper
+
+    x = torch.tensor([0.3, 1.2], dtype=F64)
+    for fn in (torch.sin, torch.cos, torch.tanh):  # freed in turn: the same id may come back
+        assert autocheck.check_grad(doubled(fn), x, seed=0).ok
+
+
+def test_second_order_with_entries_of_different_trust():
+    x, y = torch.tensor([0.5, 2.0], dtype=F64), torch.tensor([1.5, -3.0], dtype=F64)
+    assert autocheck.check_grad(lambda x, y: y / (1 + x**2), x, y, order=2, seed=0).ok
+
+
+def test_a_reference_value_near_a_cancelling_partial_sum_is_exact():
+    # The derivative of x log x - x**2/2 is log(x) + 1 - x: near 1 the partial sum log(x) + 1
+    # is far larger than the result, and its rounding is what a bound must count.
+    values = autocheck.reference(lambda x: x * torch.log(x) - x**2 / 2)(torch.tensor([0.999, 0.9999], dtype=F64))
+    assert values.tolist() == [-5.00333583533501e-07, -5.000333358334232e-09]
+
+
 def test_no_grad_inside_f_is_stop_gradient():
     def f(x):
         with torch.no_grad():
