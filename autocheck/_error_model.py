@@ -229,7 +229,17 @@ class _Rounding:
         if isinstance(e, sympy.Piecewise):
             return sympy.Piecewise(*[(error(value), condition) for value, condition in e.args])
         if isinstance(e, (sympy.Max, sympy.Min)):
-            return sympy.Add(*map(error, e.args))  # the selection itself is exact
+            # The selection is exact, and moves the result by at most the largest error of an
+            # argument; where two arguments are apart by more than their errors, by the chosen
+            # one's only (Min(6, x + 3) at x = 1e160 is 6, whatever x + 3's rounding).
+            errors = [error(a) for a in e.args]
+            if len(e.args) != 2:
+                return sympy.Max(*errors) if len(errors) > 1 else errors[0]
+            (a, b), (ea, eb) = e.args, errors
+            gap = (b - a) if isinstance(e, sympy.Min) else (a - b)  # > 0 where a is chosen
+            margin = UNIT * (ea + eb)
+            first, second = sympy.Heaviside(gap - margin, 0), sympy.Heaviside(-gap - margin, 0)
+            return ea * first + eb * second + sympy.Max(ea, eb) * (1 - first - second)
         if e.is_Add:
             # Each partial sum rounds: the last is the result; an earlier one may be larger than
             # the result (log(x) + 1 - x near 1), and is at most the sum of the terms' sizes.
@@ -252,7 +262,8 @@ class _Rounding:
                 result += _abs(exponent * base ** (exponent - 1)) * error(base)
             if exponent.free_symbols:
                 rate = _abs(sympy.log(_abs(base)))  # b**y with y off by d: off by b**y (e**(d |log b|) - 1)
-                result += _abs(e) * rate * error(exponent) * sympy.exp(rate * UNIT * error(exponent))
+                spread = error(exponent)
+                result += rate * spread * sympy.exp(exponent * sympy.log(_abs(base)) + rate * UNIT * spread)
             return result
         if isinstance(e, OpPartial) and self.reuse and not e.node.custom:
             formula = _reuse_formula(e.node.op, len(e.wrt))
@@ -275,8 +286,18 @@ class _Rounding:
                 if argument.free_symbols and not _is_condition(argument):
                     spread = error(argument)
                     rate = _GROWTH.get(type(e))
-                    growth = sympy.exp(rate * UNIT * spread) if rate is not None else 1
-                    result += _abs(_partial(e, k)) * spread * growth
+                    if rate is None:
+                        result += _abs(_partial(e, k)) * spread
+                    else:
+                        # |f'(z)| e**(rate d) <= rate e**(rate (z + d)) (|z| for sinh, cosh): one
+                        # exponential, so that a value that underflows (exp(-1e44)) gives 0, not 0 * inf.
+                        z = _abs(argument) if isinstance(e, (sympy.sinh, sympy.cosh)) else argument
+                        if argument.has(OpNode, OpPartial):
+                            # Apart, so that exp(z) can be evaluated as an atom of its own (log_ndtr's
+                            # exp(-(y + x**2/2)) from the rounded y: see _cancels_inside).
+                            result += rate * spread * sympy.exp(rate * z) * sympy.exp(rate * UNIT * spread)
+                        else:
+                            result += rate * spread * sympy.exp(rate * (z + UNIT * spread))
             return result
         return _abs(e)
 
@@ -387,7 +408,8 @@ def _cancels_inside(e: sympy.Basic) -> bool:
     (A magnitude ``|y + x**2/2|`` stays: the bound only adds it, and float64's error in it is
     of the order of the terms the bound adds anyway.)"""
     return (isinstance(e, sympy.Function) and not isinstance(e, (OpNode, OpPartial, sympy.Abs))
-            and any(isinstance(a, sympy.Add) and a.has(OpNode) for a in e.args))
+            and any(isinstance(a, sympy.Add) and a.has(OpNode) for a in e.args)
+            and not e.has(UNIT, UNDERFLOW, PERTURBATION))  # a growth factor of the bound itself
 
 
 def formula_allowance(expr: sympy.Expr) -> Allowance:

@@ -126,7 +126,12 @@ class _Plan:
 def _may_cancel(expr: sympy.Expr) -> bool:
     """A sum with a rounded term (not a symbol or a number) and terms of signs SymPy cannot
     show to agree: ``x**2 e**x + 2x e**x`` may cancel; ``1 + e**-x`` and ``x + 2`` (exact terms,
-    one rounding) cannot lose more than that rounding."""
+    one rounding) cannot lose more than that rounding.
+
+    An expression with steps (Heaviside, Min, Max, Piecewise, floor) is not looked at: its
+    exact zeros (a step that is 0) have no relative bound, and would all be refined."""
+    if expr.has(sympy.Heaviside, sympy.Min, sympy.Max, sympy.Piecewise, sympy.floor, sympy.ceiling, sympy.sign):
+        return False
     for node in sympy.preorder_traversal(expr):
         if not isinstance(node, sympy.Add):
             continue
@@ -351,8 +356,9 @@ def fast(
             # lost the same ones evaluating the same formula (gelu's Phi(x) + x phi(x) far left):
             # the value is trusted only where its error bound says it kept them.
             bounds = plan.bounds(*x64, _SMALLEST_NORMAL) if bounds is None else bounds
-            trusted.append(in_range & (bounds[i] * _ROUNDOFF <= accuracy))
+            good = bounds[i] * _ROUNDOFF <= accuracy
             error = bounds[i] * _ROUNDOFF * value.abs()  # a value that cancelled to 0 has no bound: nan
+            trusted.append(in_range & good)
             errors.append(torch.where(in_range, error, math.inf).nan_to_num(nan=math.inf))
             continue
         if plan.kernel_error[i] * _ROUNDOFF > accuracy:
