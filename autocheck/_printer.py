@@ -1102,6 +1102,10 @@ def _is_constant(expr: sympy.Basic) -> bool:
 _FLAT_ARGS = 32
 
 
+def _python_choice(condition: str, value: str, otherwise: str) -> str:
+    return f"(({value}) if ({condition}) else ({otherwise}))"
+
+
 class _TablePrinter:
     """Prints every function application through a translation table.
 
@@ -1177,6 +1181,18 @@ class _TablePrinter:
     def _print_argument(self, arg: sympy.Basic) -> str:
         return self._print(arg)
 
+    def _branches(self, expr: sympy.Piecewise, undefined: str, choose: Callable[[str, str, str], str],
+                  value_of: Callable[[sympy.Basic], str] | None = None) -> str:
+        """A Piecewise as nested choices, the first branch whose condition holds; none: ``undefined``."""
+        value_of = value_of or self._print
+        code = undefined
+        for value, condition in reversed(expr.args):
+            if condition == sympy.true:
+                code = value_of(value)
+            elif condition != sympy.false:
+                code = choose(self._print(condition), value_of(value), code)
+        return code
+
 
 class _TorchPrinter(_TablePrinter, TorchPrinter):
     """TorchPrinter that keeps dtype and device: numbers that must be tensors are
@@ -1204,13 +1220,8 @@ class _TorchPrinter(_TablePrinter, TorchPrinter):
 
     def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
         # No branch holds -> undefined, so nan rather than TorchPrinter's 0.
-        code = self._tensor(sympy.nan)
-        for value, condition in reversed(expr.args):
-            if condition == sympy.true:
-                code = self._tensor(value)
-            elif condition != sympy.false:
-                code = f"torch.where({self._print(condition)}, {self._tensor(value)}, {code})"
-        return code
+        return self._branches(expr, self._tensor(sympy.nan), lambda c, v, o: f"torch.where({c}, {v}, {o})",
+                              self._tensor)
 
     def _print_Pow(self, expr: sympy.Pow) -> str:
         base, exponent = expr.args
@@ -1230,13 +1241,7 @@ class _MpmathPrinter(_TablePrinter, MpmathPrinter):
         return "mpmath.nan"
 
     def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
-        code = "mpmath.nan"  # no branch holds -> undefined, not None
-        for value, condition in reversed(expr.args):
-            if condition == sympy.true:
-                code = self._print(value)
-            elif condition != sympy.false:
-                code = f"(({self._print(value)}) if ({self._print(condition)}) else ({code}))"
-        return code
+        return self._branches(expr, "mpmath.nan", _python_choice)  # none holds -> undefined, not None
 
     def _print_Relational(self, expr: sympy.core.relational.Relational) -> str:
         return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
@@ -1344,13 +1349,7 @@ class _ArbPrinter(_TablePrinter, PythonCodePrinter):
         return f"_arb_compare({self._print(expr.lhs)}, {self._print(expr.rhs)}, {expr.rel_op!r})"
 
     def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
-        code = "_arb_nan()"  # no branch holds -> undefined
-        for value, condition in reversed(expr.args):
-            if condition == sympy.true:
-                code = self._print(value)
-            elif condition != sympy.false:
-                code = f"(({self._print(value)}) if ({self._print(condition)}) else ({code}))"
-        return code
+        return self._branches(expr, "_arb_nan()", _python_choice)  # no branch holds -> undefined
 
 
 class _LongDoublePrinter(_TablePrinter, NumPyPrinter):
@@ -1404,13 +1403,7 @@ class _LongDoublePrinter(_TablePrinter, NumPyPrinter):
         return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
 
     def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
-        code = "_ld('nan')"  # no branch holds -> undefined
-        for value, condition in reversed(expr.args):
-            if condition == sympy.true:
-                code = self._print(value)
-            elif condition != sympy.false:
-                code = f"numpy.where({self._print(condition)}, {self._print(value)}, {code})"
-        return code
+        return self._branches(expr, "_ld('nan')", lambda c, v, o: f"numpy.where({c}, {v}, {o})")
 
 
 # --- the callables -----------------------------------------------------------------
