@@ -532,7 +532,7 @@ def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, 
     columns = [v[untrusted].cpu() for v in inputs]
     replaced = output[untrusted].cpu().numpy()
     points = torch.stack(columns, dim=-1).numpy() if columns else np.zeros((1, 0))
-    # Points settled before (a search's special values come back in every batch).
+    # Points settled in high precision before (a search's special values come back in every batch).
     remembered, known = _precise.remembered(plan.exprs[i], plan.symbols, points) if columns else (None, np.zeros(1, bool))
     if known.any():
         replaced[known] = remembered[known]
@@ -548,7 +548,6 @@ def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, 
         where = np.flatnonzero(outside)[settled]
         replaced[where] = value[settled]
         known[where] = True
-        _precise.remember(plan.exprs[i], plan.symbols, points[where], value[settled])
     rest = ~known
     if rest.any():
         exact = _precise.exact_values([plan.exprs[i]], plan.symbols, points[rest], deadline=deadline)

@@ -67,7 +67,7 @@ from autocheck import _printer
 from autocheck._errors import TranslationError
 from autocheck._printer import Undecided, Undefined
 
-__all__ = ["Exact", "exact_values", "remember", "remembered"]
+__all__ = ["Exact", "exact_values", "remembered"]
 
 # Bits beyond float64's 53 that a ball's radius must clear before its ends are
 # expected to round alike: a jump aims at 2**-_GUARD_BITS of an ULP.
@@ -206,13 +206,6 @@ def remembered(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], points: np.nda
             if known is not None and known[1]:
                 values[i], found[i] = known[0], True
     return values, found
-
-
-def remember(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], points: np.ndarray, values: np.ndarray) -> None:
-    """Keep values settled another way (a proven order of magnitude) for later lookups."""
-    reference = _reference(sympy.sympify(expr), tuple(symbols), _printer.registrations())
-    for key, value in zip(np.ascontiguousarray(points, dtype=np.float64).view(np.int64).tolist(), values.tolist()):
-        reference.remember(tuple(key), (value, True, True))
 
 
 class _NoValue(Exception):
