@@ -302,12 +302,16 @@ def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_
         verdict.skip(OUT_OF_TIME, rest.numel())
         return verdict
     finite = torch.isfinite(expected)
+    raw_slack = refine.slack(rest).reshape(-1).to(got.device)
     if refine.undefined is not None:
-        candidates = (finite & ~torch.isfinite(got)).nonzero().reshape(-1)
-        if candidates.numel():  # autograd's inf or nan where the simplified derivative is finite
+        # Autograd's inf or nan where the simplified derivative is finite; or a slack with no
+        # value (an infinite local derivative times a zero: asin(sin(x)**2 + cos(x)**2), where
+        # the sum is exactly 1): is a local derivative of the chain rule infinite there?
+        candidates = (finite & (~torch.isfinite(got) | torch.isnan(raw_slack))).nonzero().reshape(-1)
+        if candidates.numel():
             finite[candidates[refine.undefined(rest[candidates]).to(finite.device)]] = False
     verdict.skip(NOT_FINITE_EXACT, int((~finite).sum()))
-    slack = refine.slack(rest).reshape(-1).to(got.device).nan_to_num(nan=0.0, posinf=math.inf)
+    slack = raw_slack.nan_to_num(nan=0.0, posinf=math.inf)
     allowed = tol.atol + torch.maximum(tol.rtol * expected.abs(), slack)
     difference = (got - expected).abs()
     within = (difference <= allowed) & torch.isfinite(got)

@@ -136,8 +136,12 @@ class Exact:
         flat = [c.expand(shape).reshape(-1).cpu() for c in columns]
         # The oracle's cheap tiers first: log_ndtr's local derivative at -1e44 is about 1e44,
         # which its scaled form gives at once and arb would spend seconds failing to find.
-        values = _oracle.evaluate(partials, self.derivatives.symbols, flat, accuracy=ATOM_ACCURACY)
-        settled = torch.stack([torch.isfinite(v.reshape(-1)) for v in values], dim=1).all(dim=1)
+        values, lost = _oracle.settled_values(partials, self.derivatives.symbols, flat, accuracy=ATOM_ACCURACY)
+        # A value found and finite; where none was found (a pole: asin's 1/sqrt(1 - s**2) at the
+        # s = 1 that sin**2 + cos**2 is exactly) the float64 value that stays says nothing.
+        shape1 = flat[0].shape if flat else torch.Size([1])
+        settled = torch.stack([(torch.isfinite(v) & ~m).expand(shape1).reshape(-1) for v, m in zip(values, lost)],
+                              dim=1).all(dim=1)
         none = torch.zeros(settled.shape, dtype=torch.bool)
         if bool((~settled).any()):
             points = torch.stack(flat, dim=1)[~settled].numpy()

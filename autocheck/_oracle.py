@@ -389,6 +389,20 @@ def evaluate(
     against: torch.Tensor | None = None,
     deadline: float | None = None,
 ) -> tuple[torch.Tensor, ...]:
+    """Exact values of ``exprs``; see :func:`settled_values`, which also says where a value
+    was found (elsewhere, at a pole, the IEEE float64 value stays)."""
+    return settled_values(exprs, symbols, values, accuracy=accuracy, against=against, deadline=deadline)[0]
+
+
+def settled_values(
+    exprs: Sequence[sympy.Expr],
+    symbols: Sequence[sympy.Symbol],
+    values: Sequence[torch.Tensor],
+    *,
+    accuracy: float | None = None,
+    against: torch.Tensor | None = None,
+    deadline: float | None = None,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """Exact values of ``exprs`` at ``symbols = values``, rounded to float64.
 
     Each value is computed in float64 with an error bound (:mod:`autocheck._error_model`,
@@ -412,7 +426,9 @@ def evaluate(
 
     Returns:
         One float64 tensor per expression, on the values' device, of the
-        broadcast shape; nan or ±inf exactly where the true value is.
+        broadcast shape; nan or ±inf exactly where the true value is. Then, per
+        expression, a mask of the points where no value was found (a pole without a
+        limit, or no reference): there the IEEE float64 value stays.
 
     >>> x = sympy.Symbol("x", real=True)
     >>> evaluate([sympy.diff(sympy.sinc(x), x)], [x], [torch.tensor([0.0])])
@@ -423,6 +439,7 @@ def evaluate(
     plan = _compiled(exprs, symbols)
     values = _float64(values)
     outputs, probes = plan.run(*values)
+    lost = [torch.zeros((), dtype=torch.bool) for _ in outputs]
     bounds = None
     for i, (output, probe) in enumerate(zip(outputs, probes)):
         beyond = ~_finite(output, probe)  # float64's range was left
@@ -450,8 +467,8 @@ def evaluate(
             output, untrusted = _try_extended(plan, i, output, untrusted, values, accuracy, against)
             outputs[i] = output
         if bool(untrusted.any()):
-            outputs[i] = _refine(plan, i, output, untrusted, beyond, values, deadline)
-    return tuple(outputs)
+            outputs[i], lost[i] = _refine(plan, i, output, untrusted, beyond, values, deadline)
+    return tuple(outputs), tuple(lost)
 
 
 def _try_form(form: _Plan, output: torch.Tensor, untrusted: torch.Tensor, values: list[torch.Tensor],
@@ -522,13 +539,14 @@ MAGNITUDE_POINTS = 32
 
 
 def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, beyond: torch.Tensor,
-            values: list[torch.Tensor], deadline: float | None) -> torch.Tensor:
-    """Replace the untrusted entries of ``output`` by high-precision values where there is one."""
+            values: list[torch.Tensor], deadline: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace the untrusted entries of ``output`` by high-precision values where there is one;
+    and where there was none (a pole: the IEEE value stays)."""
     inputs = torch.broadcast_tensors(*values) if values else []
     for v in inputs:
         untrusted &= ~torch.isnan(v)  # nan in, nan out: nothing to refine
     if not bool(untrusted.any()):
-        return output
+        return output, torch.zeros_like(untrusted)
     columns = [v[untrusted].cpu() for v in inputs]
     replaced = output[untrusted].cpu().numpy()
     points = torch.stack(columns, dim=-1).numpy() if columns else np.zeros((1, 0))
@@ -558,4 +576,6 @@ def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, 
         raise OutOfTime(f"{int((~known).sum())} exact values were not computed before the deadline")
     output = output.clone()
     output[untrusted] = torch.from_numpy(replaced).to(output.device)
-    return output
+    lost = torch.zeros_like(untrusted)
+    lost[untrusted] = torch.from_numpy(~known).to(lost.device)
+    return output, lost
