@@ -446,6 +446,7 @@ def magnitude_allowance(expr: sympy.Expr) -> Allowance:
 _ROUNDOFF = sympy.Float(2.0**-53)
 
 
+@functools.lru_cache(maxsize=512)
 def relative_bound(expr: sympy.Expr) -> sympy.Expr:
     """The error bound of a float64 evaluation of ``expr``, kernels included, relative to |expr|.
 

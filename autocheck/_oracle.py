@@ -48,6 +48,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sympy
@@ -380,18 +381,11 @@ def fast_values(exprs: Sequence[sympy.Expr], symbols: Sequence[sympy.Symbol]) ->
     return lambda *values: tuple(plan.run(*_float64(values))[0])
 
 
-def evaluate(
-    exprs: Sequence[sympy.Expr],
-    symbols: Sequence[sympy.Symbol],
-    values: Sequence[torch.Tensor],
-    *,
-    accuracy: float | None = None,
-    against: torch.Tensor | None = None,
-    deadline: float | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """Exact values of ``exprs``; see :func:`settled_values`, which also says where a value
-    was found (elsewhere, at a pole, the IEEE float64 value stays)."""
-    return settled_values(exprs, symbols, values, accuracy=accuracy, against=against, deadline=deadline)[0]
+def evaluate(exprs: Sequence[sympy.Expr], symbols: Sequence[sympy.Symbol], values: Sequence[torch.Tensor],
+             **options: Any) -> tuple[torch.Tensor, ...]:
+    """Exact values of ``exprs``: :func:`settled_values` (same keyword arguments) without its
+    masks of where no value was found."""
+    return settled_values(exprs, symbols, values, **options)[0]
 
 
 def settled_values(

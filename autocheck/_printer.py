@@ -836,10 +836,6 @@ def _np_heaviside(x: np.ndarray, at_zero: Any = 0.5) -> np.ndarray:
     return np.where(x > 0, 1.0, np.where(x < 0, 0.0, np.where(x == 0, at_zero, np.nan)))
 
 
-def _np_sign(x: np.ndarray) -> np.ndarray:
-    return np.sign(x)
-
-
 #: Elementary functions whose numpy ufuncs compute in long double (the C library's
 #: ``expl``, ``logl``, ...). Special functions have no long double kernel: expressions
 #: holding one skip the tier.
@@ -868,7 +864,7 @@ _LONGDOUBLE: dict[type, Implementation] = {
     sympy.Abs: "numpy.abs",
     sympy.re: lambda x: x,
     sympy.im: lambda x: np.zeros_like(x),
-    sympy.sign: _np_sign,
+    sympy.sign: "numpy.sign",
     sympy.floor: "numpy.floor",
     sympy.ceiling: "numpy.ceil",
     sympy.Max: lambda *a: functools.reduce(np.maximum, a),

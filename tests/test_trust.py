@@ -403,3 +403,6 @@ def test_a_large_input_is_judged_in_chunks_within_four_times_its_memory():
     checked, ratio = out.stdout.split()
     assert int(checked) == 4_000_000
     assert float(ratio) <= 4.0
+    from autocheck import _check
+
+    assert _check.CHUNK == 524_288  # the chunk size docs/verdicts.md states
