@@ -40,7 +40,7 @@ BULK_POINTS = 4096
 #: Points per batch of a function evaluated one point at a time.
 POINTWISE_POINTS = 16
 #: Elements judged at once; longer inputs are judged in chunks, which bounds memory.
-CHUNK = 2**19
+CHUNK = 2**20
 #: Seconds a search may take by default before it stops and reports what it checked.
 DEFAULT_DEADLINE = 5.0
 #: Units in the last place by which backward stability may move a user Function's inputs

@@ -247,10 +247,10 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     for i in range(n):
         keys = [k for k, entry in enumerate(d.entries) if entry.wrt[-1] == i]
         weights = [v64 if order == 1 else v64 * u64[d.entries[k].wrt[0]] for k in keys]
-        if len(keys) == 1:  # the common case, without a pass for a sum or a stack
-            expected, trust = weights[0] * fast[keys[0]], trusted[keys[0]]
+        if len(keys) == 1:  # the common case: the judge weights the derivative where it looks
+            expected, weight, trust = fast[keys[0]], weights[0], trusted[keys[0]]
         else:
-            expected = functools.reduce(torch.add, [w * fast[k] for w, k in zip(weights, keys)])
+            expected, weight = functools.reduce(torch.add, [w * fast[k] for w, k in zip(weights, keys)]), None
             trust = functools.reduce(torch.logical_and, [trusted[k] for k in keys])  # 0-d masks broadcast
         # Where a loose kernel's value is known to within an error bound: the summed bound.
         error = None
@@ -260,8 +260,8 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else f"d²/d{d.names[i]}·"
         if values[i].shape == shape:
             elements = Elements(
-                autograd=grads[i].reshape(-1), expected=expected, trusted=trust, error=error, skip=skip,
-                skip_input=bad_input,
+                autograd=grads[i].reshape(-1), expected=expected, weight=weight, trusted=trust, error=error,
+                skip=skip, skip_input=bad_input,
                 upstream=v64 if order == 1 else None, where=label, point=points,
                 index=(lambda k: tuple(int(i) for i in np.unravel_index(k + offset, index_shape))) if index_shape else (lambda k: None),
             )
@@ -281,18 +281,27 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
 def _not_finite(forward: torch.Tensor, inputs: Sequence[torch.Tensor], shape: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Per element (flat): the forward value or an input is not finite; an input is not finite.
 
-    One sum of ``t * 0`` over them is nan exactly where one is inf or nan: a pass each, where
-    ``isfinite`` takes four. The inputs alone are looked at only where something is not finite.
+    A sum is finite only where every term is (an inf or nan term makes it inf or nan), so one
+    read of each tensor clears the common case. Only where a sum is not finite (or overflows)
+    are the elements looked at one by one.
     """
-    total = torch.mul(forward, 0)  # inf * 0 and nan * 0 are nan, and so is any sum holding one
-    for t in inputs:
-        total = total.add_(t, alpha=0) if total.shape == torch.broadcast_shapes(total.shape, t.shape) else total + 0 * t
-    if float(total.sum()) == 0:  # nothing to skip: a 0-d mask, no pass over the elements
+    if all(math.isfinite(float(t.sum())) for t in (forward, *inputs)):  # a 0-d mask, no pass over the elements
         nothing = torch.zeros((), dtype=torch.bool, device=forward.device)
         return nothing, nothing
-    skip = torch.ne(total, 0).expand(shape).reshape(-1)
-    bad_input = functools.reduce(torch.logical_or, [~torch.isfinite(p) for p in inputs]).expand(shape).reshape(-1)
-    return skip, bad_input
+    bad_input = functools.reduce(torch.logical_or, [~torch.isfinite(p) for p in inputs])
+    skip = (bad_input | ~torch.isfinite(forward)).expand(shape).reshape(-1)
+    return skip, bad_input.expand(shape).reshape(-1)
+
+
+def _positions(known: torch.Tensor, index: torch.Tensor) -> torch.Tensor | slice | None:
+    """Where the (ascending) element indices ``index`` sit in the ascending ``known``; None
+    unless all are there."""
+    if index is known:
+        return slice(None)
+    if index.numel() > known.numel() or not known.numel():
+        return None
+    at = torch.searchsorted(known, index).clamp_(max=known.numel() - 1)
+    return at if bool((known[at] == index).all()) else None
 
 
 @dataclass
@@ -329,19 +338,24 @@ class _Batch:
 
     def slack(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """|weight| times the error model's slack (rtol times its bound) at ``points[index]``."""
-        if self._slack is None or self._slack[0] is not index:  # expected() and the judge both ask
+        # The judge asks at the elements the cheap test left, then at those of them still open,
+        # and expected() asks there too: one evaluation serves them all.
+        at = _positions(self._slack[0], index) if self._slack is not None else None
+        if at is None:
             columns = self._columns(index)
             self._atoms = (index, self.exact.atom_values(columns))
             self._slack = (index, self.exact.slack_with(columns, self._atoms[1], self.check.units, self.check.tol.rtol))
-        slack = self._slack[1]
+            at = slice(None)
+        slack = [s.expand(self._slack[0].shape)[at] for s in self._slack[1]]
         return sum(w[index].abs() * slack[k].reshape(-1) for w, k in zip(weights, keys))
 
     def unbounded(self, keys: Sequence[int], index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """At ``index[positions]``: where the slack of some entry in ``keys`` is beyond float64's
         range by the rounding the code does (see :meth:`Exact.unbounded`)."""
         columns = [c[positions] for c in self._columns(index)]
-        if self._atoms is not None and self._atoms[0] is index:  # the slack's atoms, at these positions
-            atoms = [a.expand(index.shape)[positions] for a in self._atoms[1]]
+        at = _positions(self._atoms[0], index) if self._atoms is not None else None
+        if at is not None:  # the slack's atoms, at these positions
+            atoms = [a.expand(self._atoms[0].shape)[at][positions] for a in self._atoms[1]]
         else:
             atoms = self.exact.atom_values(columns)
         masks = self.exact.unbounded(columns, atoms, self.check.units, self.check.tol.rtol)

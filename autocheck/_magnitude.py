@@ -16,7 +16,7 @@ points are few, and a numpy operation on a few values costs a fraction of torch'
 
 >>> import sympy, torch
 >>> x = sympy.Symbol("x", real=True)
->>> settled, value = settle(sympy.exp(-x) / (1 + sympy.exp(-x)) ** 2, [x], [torch.tensor([-1e100, 1.0])])
+>>> settled, value = settle(sympy.exp(-x) / (1 + sympy.exp(-x)) ** 2, [x], [torch.tensor([-1e100, 1.0], dtype=torch.float64)])
 >>> settled.tolist(), value[0].item()
 ([True, False], 0.0)
 """
@@ -36,7 +36,7 @@ from . import _printer
 __all__ = ["settle"]
 
 Bounds = tuple[np.ndarray, np.ndarray, np.ndarray]  # low, high, sign
-Node = Callable[[Sequence[np.ndarray]], Bounds]
+Node = Callable[[Sequence[np.ndarray], dict], Bounds]  # (values, results of subexpressions so far)
 
 _INF = math.inf
 #: Relative widening of every bound, and its absolute floor (log2 units).
@@ -64,8 +64,9 @@ def settle(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], values: Sequence[t
 
 
 @functools.lru_cache(maxsize=256)
-def _compile(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> Node:
-    return _node(expr, symbols)
+def _compile(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> Callable[[Sequence[np.ndarray]], Bounds]:
+    root = _node(expr, symbols, {})
+    return lambda values: root(values, {})
 
 
 def _widen(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,37 +87,51 @@ def _of_float(value: np.ndarray) -> Bounds:
     return np.where(zero, -_INF, low), np.where(zero, -_INF, high), np.sign(value)
 
 
-def _node(expr: sympy.Basic, symbols: tuple[sympy.Symbol, ...]) -> Node:
+def _node(expr: sympy.Basic, symbols: tuple[sympy.Symbol, ...], built: dict) -> Node:
+    """The node of ``expr``; a subexpression met again (an error bound repeats its atoms and
+    their sums many times) is the same node, evaluated once per call."""
+    node = built.get(expr)
+    if node is None:
+        compute = _build(expr, symbols, built)
+
+        def node(values: Sequence[np.ndarray], memo: dict, compute: Node = compute, key: sympy.Basic = expr) -> Bounds:
+            found = memo.get(key)
+            if found is None:
+                found = memo[key] = compute(values, memo)
+            return found
+
+        built[expr] = node
+    return node
+
+
+def _build(expr: sympy.Basic, symbols: tuple[sympy.Symbol, ...], built: dict) -> Node:
     if expr in symbols:
         k = symbols.index(expr)
-        return lambda values: _of_float(values[k])
+        return lambda values, memo: _of_float(values[k])
     if expr.is_number:
         try:
             constant = float(expr)
         except TypeError:
-            return lambda values: _unknown(values[0])
+            return lambda values, memo: _unknown(values[0])
         bounds = _of_float(np.array(constant))  # 0-d arrays: they broadcast
-        return lambda values: bounds
-    children = [_node(a, symbols) for a in expr.args] if not isinstance(expr, sympy.Piecewise) else []
+        return lambda values, memo: bounds
+    if isinstance(expr, sympy.Piecewise):
+        return _piecewise(expr, symbols, built)
+    children = [_node(a, symbols, built) for a in expr.args]
     if isinstance(expr, sympy.Mul):
-        return lambda values: _mul([c(values) for c in children])
+        return lambda values, memo: _mul([c(values, memo) for c in children])
     if isinstance(expr, sympy.Add):
-        return lambda values: _add([c(values) for c in children])
+        return lambda values, memo: _add([c(values, memo) for c in children])
     if isinstance(expr, sympy.Pow) and expr.exp.is_number and expr.exp.is_real:
         power = float(expr.exp)
         integer = bool(expr.exp.is_integer)
-        return lambda values: _pow(children[0](values), power, integer)
-    if isinstance(expr, sympy.exp):
-        return lambda values: _exp(children[0](values))
-    if isinstance(expr, sympy.log):
-        return lambda values: _log(children[0](values))
-    if isinstance(expr, sympy.Abs):
-        return lambda values: _abs(children[0](values))
+        return lambda values, memo: _pow(children[0](values, memo), power, integer)
+    one = {sympy.exp: _exp, sympy.log: _log, sympy.Abs: _abs}.get(type(expr))
     if isinstance(expr, (sympy.sin, sympy.cos, sympy.tanh, sympy.atan, sympy.erf)):
-        return lambda values: _bounded(children[0](values))
-    if isinstance(expr, sympy.Piecewise):
-        return _piecewise(expr, symbols)
-    return lambda values: _unknown(values[0])
+        one = _bounded
+    if one is not None:
+        return lambda values, memo: one(children[0](values, memo))
+    return lambda values, memo: _unknown(values[0])
 
 
 def _mul(factors: list[Bounds]) -> Bounds:
@@ -214,22 +229,22 @@ def _add(terms: list[Bounds]) -> Bounds:
     return low, high, sign
 
 
-def _piecewise(expr: sympy.Piecewise, symbols: tuple[sympy.Symbol, ...]) -> Node:
-    branches = [(_node(value, symbols), condition) for value, condition in expr.args]
+def _piecewise(expr: sympy.Piecewise, symbols: tuple[sympy.Symbol, ...], built: dict) -> Node:
+    branches = [(_node(value, symbols, built), condition) for value, condition in expr.args]
     conditions = [c for _, c in branches]
     try:
         chosen = _printer.to_torch([sympy.Piecewise(*[(k, c) for k, c in enumerate(conditions)])], symbols)
     except Exception:  # a condition torch cannot evaluate: no bound
-        return lambda values: _unknown(values[0])
+        return lambda values, memo: _unknown(values[0])
 
-    def node(values: Sequence[np.ndarray]) -> Bounds:
+    def node(values: Sequence[np.ndarray], memo: dict) -> Bounds:
         (index,) = chosen(*[torch.from_numpy(np.array(v)) for v in values])
         index = np.broadcast_to(torch.as_tensor(index, dtype=torch.float64).numpy(), values[0].shape)
         low, high, sign = _unknown(values[0])
         for k, (branch, _) in enumerate(branches):
             taken = index == k
             if taken.any():
-                b_low, b_high, b_sign = branch(values)
+                b_low, b_high, b_sign = branch(values, memo)
                 low, high, sign = (np.where(taken, b_low, low), np.where(taken, b_high, high),
                                    np.where(taken, b_sign, sign))
         return low, high, sign

@@ -1,4 +1,5 @@
-"""Every ```python block in the documentation runs, and the documentation builds.
+"""Every ```python block in the documentation runs, and the documentation builds; so does
+every example in the library's docstrings.
 
 Blocks of one page run in order in one namespace, as a reader would type them. A block
 whose first lines carry the comment ``# requires: cuda`` is skipped where no GPU is
@@ -132,3 +133,16 @@ def test_sphinx_build_has_no_warnings(tmp_path: Path):
     )  # fmt: skip
     assert status == 0, warnings.read_text()
     assert (tmp_path / "html" / "index.html").exists()
+
+
+MODULES = sorted(p.stem for p in (ROOT / "autocheck").glob("*.py") if p.stem != "__main__")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"autocheck.{name}" if name != "__init__" else "autocheck")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.failed == 0, f"{result.failed} docstring example(s) of autocheck/{name}.py failed (see the output)"

@@ -107,3 +107,35 @@ def test_the_real_domain_is_inferred_once_per_function(monkeypatch):
     first = autocheck.check_grad(f, seed=0, examples=1, deadline=None)
     second = autocheck.check_grad(f, seed=0, examples=1, deadline=None)
     assert len(calls) <= 1 and first.checked == second.checked
+
+
+def test_a_wide_allowance_is_settled_without_high_precision(monkeypatch):
+    # i0e's backward is i1e(x) - sign(x) i0e(x), which cancels as |x| grows, and so does the
+    # float64 reference: no cheap value is within rtol. But the code's own rounding allows
+    # more than rtol there, and the reference with its error bound is well inside that.
+    from autocheck import _precise
+
+    points = []
+    real = _precise.exact_values
+    monkeypatch.setattr(_precise, "exact_values", lambda exprs, symbols, p, **k: points.append(len(p)) or real(exprs, symbols, p, **k))
+    x = torch.linspace(2.0, 60.0, 4001, dtype=F64)
+    report = autocheck.check_grad(torch.special.i0e, x, seed=0)
+    assert report.ok and report.checked == 4001
+    assert sum(points) == 0
+
+
+def test_a_slightly_wrong_i0e_backward_is_still_reported():
+    class I0e(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.special.i0e(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * (torch.special.i1e(x) - torch.sign(x) * torch.special.i0e(x)) * (1 + 1e-9)
+
+    x = torch.linspace(2.0, 60.0, 4001, dtype=F64)
+    report = autocheck.check_grad(I0e.apply, x, seed=0)
+    assert not report.ok and report.failed > 3000

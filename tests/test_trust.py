@@ -405,4 +405,4 @@ def test_a_large_input_is_judged_in_chunks_within_four_times_its_memory():
     assert float(ratio) <= 4.0
     from autocheck import _check
 
-    assert _check.CHUNK == 524_288  # the chunk size docs/verdicts.md states
+    assert _check.CHUNK == 1_048_576  # the chunk size docs/verdicts.md states
