@@ -98,8 +98,6 @@ def test_library_functions_are_traced_once():
 def test_the_real_domain_is_inferred_once_per_function(monkeypatch):
     import sympy.calculus.util as util
 
-    from autocheck import _search
-
     calls = []
     real = util.continuous_domain
     monkeypatch.setattr(util, "continuous_domain", lambda *a: calls.append(a) or real(*a))
