@@ -6,7 +6,9 @@ x**2*exp(x) + 2*x*exp(x)
 """
 
 from ._api import assert_grad_matches as assert_grad_matches
+from ._api import assert_module_grads as assert_module_grads
 from ._api import check_grad as check_grad
+from ._api import check_module as check_module
 from ._reference import reference as reference
 from ._compare import DEFAULT_TOLERANCES as DEFAULT_TOLERANCES
 from ._errors import DeadlineExceeded as DeadlineExceeded
@@ -43,7 +45,9 @@ __all__ = [
     "TraceError",
     "TranslationError",
     "assert_grad_matches",
+    "assert_module_grads",
     "check_grad",
+    "check_module",
     "derivative",
     "reference",
     "strategies",

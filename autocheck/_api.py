@@ -133,3 +133,58 @@ def assert_grad_matches(
     if not report.ok:
         raise GradientMismatch(str(report), report=report, counterexample=report.counterexample)
     return report
+
+
+def check_module(module: torch.nn.Module, *inputs: Any, **options: Any) -> Report:
+    """Check the gradients of a module's floating inputs and of every parameter that
+    requires grad, at ``inputs``; return a report (``report.ok``), failing rows named after
+    the parameter (``layer1.weight[3, 7]``).
+
+    The module runs through ``torch.func.functional_call`` with the parameters as inputs,
+    so custom ``autograd.Function``\\ s inside it are checked too. Integer inputs (indices,
+    targets) are held fixed. A module that returns a tuple (``nn.MultiheadAttention``) is
+    checked on its first output. Put the module in ``eval()`` mode when it has dropout.
+    Keyword arguments are those of :func:`check_grad` (``dtype``, ``seed``, ``rtol`` and
+    ``atol``, ``deadline``).
+
+    Example:
+        >>> import torch, autocheck
+        >>> layer = torch.nn.Linear(20, 8).double()
+        >>> autocheck.check_module(layer, torch.randn(4, 20, dtype=torch.float64), seed=0).ok
+        True
+    """
+    __tracebackhide__ = True
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}: {module!r}")
+    if not inputs:
+        raise TypeError(f"check_module needs the inputs to run {type(module).__name__} at: check_module(module, x)")
+    for key in ("reference", "order", "domain", "examples", "settings"):
+        if key in options:
+            raise TypeError(f"check_module does not take {key}=: it checks the module's own code at the given inputs")
+    parameters = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    moving = [k for k, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    input_names = ["input"] if len(moving) == 1 else [f"input{k}" for k in moving]
+    names = [*input_names, *[name for name, _ in parameters]]
+
+    def run_module(*tensors: torch.Tensor) -> torch.Tensor:
+        args = list(inputs)
+        for k, t in zip(moving, tensors):
+            args[k] = t
+        values = dict(zip([name for name, _ in parameters], tensors[len(moving):]))
+        out = torch.func.functional_call(module, values, tuple(args))
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    run_module.__name__ = run_module.__qualname__ = type(module).__name__
+    run_module.__autocheck_names__ = tuple(names)  # type: ignore[attr-defined]
+    run_module.__autocheck_directional__ = True  # type: ignore[attr-defined]
+    tensors = [inputs[k] for k in moving] + [p.detach() for _, p in parameters]
+    return check_grad(run_module, *tensors, **options)
+
+
+def assert_module_grads(module: torch.nn.Module, *inputs: Any, **options: Any) -> Report:
+    """:func:`check_module`, raising :class:`autocheck.GradientMismatch` where a gradient is wrong."""
+    __tracebackhide__ = True
+    report = check_module(module, *inputs, **options)
+    if not report.ok:
+        raise GradientMismatch(str(report), report=report, counterexample=report.counterexample)
+    return report

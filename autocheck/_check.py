@@ -26,10 +26,10 @@ from ._budget import Deadline, interrupt_after
 from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
 from ._errors import NothingChecked, TraceError
 from ._report import Report, build_report
-from ._judge import exact_side, judge_points, judge_tensor
+from ._judge import exact_side, judge_directional, judge_points, judge_tensor
 from ._printer import POLYGAMMA_STEPS_LIMIT
 from ._search import Domain, database_key, infer_domain, parse_domain, points_in_domain, search
-from ._symbolic import Derivatives, derivatives_for, names_of
+from ._symbolic import Derivatives, derivatives_for, directional_derivatives, names_of
 from ._trace import MAX_SYMBOLIC_ELEMENTS, default_names, function_name
 
 #: Batches per check when inputs are drawn (the first holds the special values).
@@ -56,7 +56,7 @@ STRUCTURAL_POINTS = 64
 #: Points of a batch on which the function is run twice to see that it is deterministic.
 DETERMINISM_POINTS = 64
 
-ELEMENTWISE, POINTWISE, TENSOR = "elementwise", "pointwise", "tensor"
+ELEMENTWISE, POINTWISE, TENSOR, DIRECTIONAL = "elementwise", "pointwise", "tensor", "directional"
 
 
 # --------------------------------------------------------------------------------------
@@ -116,6 +116,8 @@ class Check:
         rows with their element index (for inputs the user gave)."""
         if self.mode == TENSOR:
             return judge_tensor(self, columns, self.generator(batch))
+        if self.mode == DIRECTIONAL:
+            return judge_directional(self, columns, self.generator(batch))
         values = [c.detach().to(device=self.device, dtype=self.dtype) for c in columns]
         shape = tuple(torch.broadcast_shapes(*[v.shape for v in values]))
         index_shape = shape if indexed and shape else None
@@ -144,11 +146,12 @@ class Check:
     def faults(self, columns: Sequence[torch.Tensor]) -> list[Fault]:
         """gradcheck's structural checks on (a prefix of) one batch."""
         values = [c.detach().to(device=self.device, dtype=self.dtype) for c in columns]
-        if self.mode != TENSOR:
+        if self.mode not in (TENSOR, DIRECTIONAL):
             values = _prefix(values, 1 if self.mode == POINTWISE else STRUCTURAL_POINTS)
             if self.mode == POINTWISE:
                 values = [v.reshape(()) for v in values]
-        out_shape = self.derivatives.output_shape if self.mode == TENSOR else torch.broadcast_shapes(*[v.shape for v in values])
+        tensors = (TENSOR, DIRECTIONAL)
+        out_shape = self.derivatives.output_shape if self.mode in tensors else torch.broadcast_shapes(*[v.shape for v in values])
         v = cotangent(out_shape, self.dtype, self.device, self.generator(-2))
 
         def same(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -253,20 +256,31 @@ def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: Options)
     name = function_name(f)
     with _hang_limit(name, options):
         mode = _mode(f, values, options.reference)
-        check_deterministic(f, values if mode == TENSOR else _prefix(values, DETERMINISM_POINTS), name)
-    shapes = [tuple(t.shape) for t in tensors] if mode == TENSOR else None
-    derivatives = derivatives_for(f, options.reference, names, shapes, dtype, options.order)
+        check_deterministic(f, values if mode in (TENSOR, DIRECTIONAL) else _prefix(values, DETERMINISM_POINTS), name)
+    shapes = [tuple(t.shape) for t in tensors] if mode in (TENSOR, DIRECTIONAL) else None
+    if mode == DIRECTIONAL:
+        if options.order != 1:
+            raise ValueError(
+                f"order={options.order} is not supported yet for functions of more than {MAX_SYMBOLIC_ELEMENTS} "
+                "coupled input elements (they are checked by directional derivatives of order 1); pass order=1"
+            )
+        with torch.no_grad():
+            output_shape = tuple(f(*values).shape)
+        derivatives = directional_derivatives(names, shapes, output_shape)
+    else:
+        derivatives = derivatives_for(f, options.reference, names, shapes, dtype, options.order)
     check = Check(f, name, derivatives, dtype, device, tol, options.strict, mode, options.seed,
                   Deadline.after(options.seconds))
-    stalls = exact_side(derivatives, options.strict).stalls_torch([v.to(torch.float64) for v in values])
-    if stalls is not None and mode != TENSOR:
+    stalls = None if mode == DIRECTIONAL else \
+        exact_side(derivatives, options.strict).stalls_torch([v.to(torch.float64) for v in values])
+    if stalls is not None and mode not in (TENSOR, DIRECTIONAL):
         raise ValueError(
             f"autograd would not return at {int(stalls.sum())} of the inputs: the derivative calls torch's polygamma "
             f"of order 2 or more below {-POLYGAMMA_STEPS_LIMIT:g}, which torch computes one unit step at a time "
             "(minutes at -1e10). Check closer to zero"
         )
     with _hang_limit(name, options):
-        verdict = check.judge(values, indexed=mode != TENSOR)
+        verdict = check.judge(values, indexed=mode not in (TENSOR, DIRECTIONAL))
         faults = check.faults(values)
     require_checked(verdict, check.name, "the given inputs", check.dtype)
     return build_report(check, verdict, faults, inputs=values, reference=options.reference,
@@ -281,6 +295,8 @@ def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any)
             f"every input is empty (shape {shapes}): there is no gradient element to check. "
             "Pass tensors with at least one element"
         )
+    if getattr(f, "__autocheck_directional__", False):  # check_module: layers, by directional derivatives
+        return DIRECTIONAL
     try:
         broadcast = tuple(torch.broadcast_shapes(*[v.shape for v in values]))
     except RuntimeError:
@@ -294,9 +310,12 @@ def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any)
         return ELEMENTWISE
     total = sum(v.numel() for v in values)
     if total > MAX_SYMBOLIC_ELEMENTS:
+        if reference is None:
+            return DIRECTIONAL
         raise ValueError(
-            f"inputs have {total} elements and the function is not elementwise, so its exact Jacobian is too "
-            f"large to build; check it at smaller tensors (at most {MAX_SYMBOLIC_ELEMENTS} elements in all)"
+            f"inputs have {total} elements and reference= is given, so the exact Jacobian would be built from it; "
+            f"check at smaller tensors (at most {MAX_SYMBOLIC_ELEMENTS} elements in all), or leave reference= out "
+            "to check by directional derivatives of the code itself"
         )
     return TENSOR
 

@@ -18,10 +18,10 @@ import numpy as np
 import sympy
 import torch
 
-from . import _oracle, _precise, _printer
+from . import _directional, _oracle, _precise, _printer
 from ._autograd import cotangent, pointwise, vjp
 from ._budget import OutOfTime
-from ._compare import OUT_OF_TIME, Elements, Refinement, Verdict, judge, kink_test
+from ._compare import NOT_FINITE_EXACT, OUT_OF_TIME, Elements, Refinement, Row, Verdict, judge, kink_test, ulp
 from ._error_model import PERTURBATION, UNDERFLOW, UNIT, Allowance, autograd_allowance, expand_ops, formula_allowance
 from ._errors import TraceError
 from ._symbolic import Derivatives, label_of
@@ -495,3 +495,161 @@ class Contraction:
         weight = self.weight.abs() if absolute else self.weight
         terms = values.to(torch.float64) * weight
         return torch.zeros((*values.shape[:-1], self.size), dtype=torch.float64).index_add_(-1, self.last, terms)
+
+
+# --------------------------------------------------------------------------------------
+# A function of large tensors at one point: directional derivatives
+# --------------------------------------------------------------------------------------
+
+#: Random directions along which a function of large tensors is checked at once.
+DIRECTIONS = 4
+#: Blocks the bisection follows at each level (the worst ones); the elements it ends on
+#: are the report's rows.
+LOCATED = 5
+
+
+def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: torch.Generator) -> Verdict:
+    """One point of a function of large tensors: ``<x.grad, u>`` after one backward with
+    cotangent ``v``, against the exact ``<v, J u>`` by forward mode, along random
+    directions ``u``; where they disagree, the wrong elements are found by bisection."""
+    values = [x.detach().to(device=check.device, dtype=check.dtype) if x.is_floating_point() else x.detach()
+              for x in columns]
+    moving = [i for i, x in enumerate(values) if x.is_floating_point()]
+    sizes = [values[i].numel() for i in moving]
+    total = sum(sizes)
+    directions = [_signed(generator, (DIRECTIONS, *values[i].shape)) for i in moving]
+    exact = _Directional(check, values, moving)
+    out, tangents, magnitudes, operations = exact.run(directions)
+    v = cotangent(tuple(out.shape), check.dtype, check.device, generator)
+    v64 = v.to(torch.float64).cpu()
+    _, grads = vjp(check.f, values, 1, v)
+    flat = torch.cat([grads[i].detach().to(torch.float64).reshape(-1).cpu() for i in moving]) if moving else \
+        torch.zeros(0, dtype=torch.float64)
+    exact.v = v64
+    # How much rounding may move either side: rtol per unit of the computation's size (the
+    # same sum with every term in magnitude), more for a longer chain of operations.
+    exact.scale = check.tol.rtol * (1 + operations / 16)
+    u = torch.stack([torch.cat([d[k].reshape(-1) for d in directions]) for k in range(DIRECTIONS)])
+    expected, size = exact.contract(tangents, magnitudes)
+    got = (u * flat).sum(1)
+    verdict = Verdict()
+    finite = torch.isfinite(expected)
+    if not bool(finite.all()):
+        verdict.skip(NOT_FINITE_EXACT, total)
+        return verdict
+    allowed = check.tol.atol + exact.scale * size
+    wrong = ~((got - expected).abs() <= allowed)
+    verdict.checked = total
+    relative = ((got - expected).abs() / expected.abs()).nan_to_num(nan=0.0, posinf=math.inf)
+    verdict.max_rel = float(relative.max())
+    worst = int(torch.argmax(relative))
+    if not bool(wrong.any()):
+        verdict.worst = [_direction_row(got[worst], expected[worst], allowed[worst], worst, False)]
+        return verdict
+    k = int(torch.argmax(torch.where(wrong, (got - expected).abs() / allowed, -1.0)))
+    located = _bisect(exact, u[k], flat, total)
+    if not located:  # errors that cancel in every block: report the direction itself
+        verdict.failed = 1
+        verdict.worst = [_direction_row(got[k], expected[k], allowed[k], k, True)]
+        return verdict
+    units = torch.zeros(len(located), total, dtype=torch.float64)
+    for row, j in enumerate(located):
+        units[row, j] = 1.0
+    element, element_size = exact.contract(*exact.run(exact.split(units))[1:3])
+    element_allowed = check.tol.atol + exact.scale * element_size
+    starts = np.cumsum([0, *sizes])
+    for row, j in enumerate(located):
+        which = int(np.searchsorted(starts, j, side="right") - 1)
+        position = moving[which]
+        index = tuple(int(i) for i in np.unravel_index(j - starts[which], tuple(values[position].shape)))
+        autograd, wanted = float(flat[j]), float(element[row])
+        failed = not abs(autograd - wanted) <= float(element_allowed[row])
+        verdict.failed += failed
+        name = check.derivatives.names[position] if position < len(check.derivatives.names) else f"input {position}"
+        verdict.worst.append(Row(
+            inputs=(float(values[position].reshape(-1)[j - starts[which]]),),
+            where=f"d/d{name}",
+            autograd=autograd, expected=wanted, upstream=None, abs_error=abs(autograd - wanted),
+            rel_error=abs(autograd - wanted) / abs(wanted) if wanted else (0.0 if autograd == wanted else math.inf),
+            ulp_error=float(abs(autograd - wanted) / ulp(torch.tensor(wanted, dtype=torch.float64), check.dtype)),
+            allowed=float(element_allowed[row]), failed=failed, index=index or None,
+        ))
+    verdict.failed = max(verdict.failed, 1)
+    verdict.worst.sort(key=lambda r: (r.failed, r.abs_error / r.allowed if r.allowed else math.inf), reverse=True)
+    return verdict
+
+
+def _signed(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+    """Directions with entries of magnitude in [0.5, 0.9] and random signs (no element is left out)."""
+    steps = torch.randint(32, 58, shape, generator=generator).to(torch.float64) / 64
+    signs = torch.randint(0, 2, shape, generator=generator).to(torch.float64) * 2 - 1
+    return steps * signs
+
+
+class _Directional:
+    """The exact side of a directional check: forward mode at the point, contracted with ``v``."""
+
+    def __init__(self, check: Any, values: list[torch.Tensor], moving: list[int]) -> None:
+        self.check, self.values, self.moving = check, values, moving
+        self.v: torch.Tensor | None = None
+        self.scale = 0.0
+
+    def run(self, directions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        k = directions[0].shape[0] if directions else 1
+        tangents = []
+        it = iter(directions)
+        for i, x in enumerate(self.values):
+            tangents.append(next(it) if i in self.moving else None)
+        inputs = [x.to(torch.float64).clone() if x.is_floating_point() else x for x in self.values]
+        seeds = [(x, t) for x, t in zip(inputs, tangents) if t is not None]
+        return _directional.directional_at(self.check.f, inputs, seeds, k)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``[K, total]`` directions over the concatenated inputs, as one ``[K, *shape]`` per input."""
+        parts, start = [], 0
+        for i in self.moving:
+            n = self.values[i].numel()
+            parts.append(flat[:, start:start + n].reshape(flat.shape[0], *self.values[i].shape))
+            start += n
+        return parts
+
+    def contract(self, tangents: torch.Tensor, magnitudes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``<v, J u>`` and its size ``<|v|, |J||u|>`` per direction."""
+        k = tangents.shape[0]
+        v = self.v.to(tangents.device)
+        return (tangents.reshape(k, -1) * v.reshape(1, -1)).sum(1).cpu(), \
+            (magnitudes.reshape(k, -1) * v.abs().reshape(1, -1)).sum(1).cpu()
+
+
+def _bisect(exact: _Directional, u: torch.Tensor, flat: torch.Tensor, total: int) -> list[int]:
+    """The elements where autograd is wrong along ``u``: halve the failing blocks of the
+    concatenated inputs, keeping the :data:`LOCATED` worst at each level."""
+    blocks = [(0, total)]
+    while any(hi - lo > 1 for lo, hi in blocks):
+        halves = []
+        for lo, hi in blocks:
+            if hi - lo == 1:
+                halves.append((lo, hi))
+            else:
+                middle = (lo + hi) // 2
+                halves += [(lo, middle), (middle, hi)]
+        rows = torch.zeros(len(halves), total, dtype=torch.float64)
+        for r, (lo, hi) in enumerate(halves):
+            rows[r, lo:hi] = u[lo:hi]
+        out = exact.run(exact.split(rows))
+        expected, size = exact.contract(out[1], out[2])
+        got = rows @ flat
+        excess = (got - expected).abs() / (exact.check.tol.atol + exact.scale * size)
+        failing = [(float(excess[r]), halves[r]) for r in range(len(halves)) if not excess[r] <= 1.0]
+        if not failing:
+            return []
+        failing.sort(reverse=True)
+        blocks = [b for _, b in failing[:LOCATED]]
+    return sorted(lo for lo, _ in blocks)
+
+
+def _direction_row(got: torch.Tensor, expected: torch.Tensor, allowed: torch.Tensor, k: int, failed: bool) -> Row:
+    g, e = float(got), float(expected)
+    return Row(inputs=(), where=f"<x.grad, u> along random direction {k}", autograd=g, expected=e, upstream=None,
+               abs_error=abs(g - e), rel_error=abs(g - e) / abs(e) if e else (0.0 if g == e else math.inf),
+               ulp_error=math.nan, allowed=float(allowed), failed=failed)

@@ -121,6 +121,8 @@ class Derivatives:
     @property
     def formula(self) -> str:
         """The derivatives as text, at most four of them."""
+        if not self.entries and not self.symbols and self.input_shapes:
+            return "<v, J u> along random directions u, by forward mode over the operations f runs"
         limit = 4
         parts = []
         seen = set()
@@ -133,6 +135,13 @@ class Derivatives:
         if len(parts) > limit:
             text += f"; ... ({len(parts) - limit} more)"
         return text
+
+
+def directional_derivatives(names: Sequence[str], shapes: Sequence[tuple[int, ...]],
+                            output_shape: tuple[int, ...]) -> Derivatives:
+    """The exact side of a function checked by directional derivatives: no entries (they
+    are computed at the point, by forward mode), only the shapes."""
+    return Derivatives(tuple(names), (), None, 1, (), tuple(output_shape), tuple(tuple(s) for s in shapes))
 
 
 def label_of(symbols: Sequence[sympy.Symbol], entry: Entry) -> str:

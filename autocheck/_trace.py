@@ -1641,6 +1641,9 @@ def parameter_names(f: Callable[..., Any]) -> tuple[str, ...] | None:
     nearly every tensor parameter ``input`` (``F.mish(input)``, ``nn.Linear.forward``), and
     ``F.mish`` should read like ``torch.exp``.
     """
+    given = getattr(f, "__autocheck_names__", None)  # set by check_module: "layer1.weight", ...
+    if given is not None:
+        return tuple(given)
     names = _declared_parameter_names(f)
     if names is not None and _defined_by_torch(f):
         return _FALLBACK_NAMES[: len(names)] if len(names) <= len(_FALLBACK_NAMES) else None

@@ -1,0 +1,261 @@
+"""Layers at real sizes: functions of more than 100 coupled elements are checked by
+directional derivatives (forward mode over the operations they run), and a wrong element
+is located by bisection and named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import autocheck
+
+F64 = torch.float64
+
+
+def randn(*shape, seed=0, dtype=F64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+class LayerNormNoAffine(torch.autograd.Function):
+    """A hand-written layer norm over the last dimension; ``wrong`` multiplies one gradient
+    element by 1.001."""
+
+    wrong: tuple[int, int] | None = None
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x - x.mean(-1, keepdim=True)) / x.std(-1, unbiased=False, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        s = x.std(-1, unbiased=False, keepdim=True)
+        y = (x - x.mean(-1, keepdim=True)) / s
+        gx = (g - g.mean(-1, keepdim=True) - y * (g * y).mean(-1, keepdim=True)) / s
+        if LayerNormNoAffine.wrong is not None:
+            gx[LayerNormNoAffine.wrong] *= 1.001
+        return gx
+
+
+@pytest.fixture
+def wrong_element():
+    LayerNormNoAffine.wrong = (3, 1000)
+    yield
+    LayerNormNoAffine.wrong = None
+
+
+def test_layer_norm_over_4096_features_matches():
+    x, w, b = randn(8, 4096), randn(4096, seed=1), randn(4096, seed=2)
+    report = autocheck.assert_grad_matches(lambda x, w, b: F.layer_norm(x, (4096,), w, b), x, w, b, seed=0)
+    assert report.checked == 8 * 4096 + 2 * 4096
+    assert "forward mode" in report.formula
+
+
+def test_a_wrong_element_of_a_large_gradient_is_located(wrong_element):
+    report = autocheck.check_grad(LayerNormNoAffine.apply, randn(8, 4096), seed=0)
+    assert not report.ok
+    worst = report.worst[0]
+    assert worst.failed and worst.where == "d/dx" and worst.index == (3, 1000)
+    assert worst.rel_error == pytest.approx(1e-3, rel=1e-6)
+    assert "d/dx[3, 1000]" in str(report)
+
+
+def test_a_correct_hand_written_layer_norm_matches():
+    report = autocheck.check_grad(LayerNormNoAffine.apply, randn(8, 4096), seed=0)
+    assert report.ok and report.checked == 8 * 4096
+
+
+def test_attention_matches():
+    q, k, v = (randn(2, 8, 64, 32, seed=s) for s in range(3))
+    report = autocheck.assert_grad_matches(F.scaled_dot_product_attention, q, k, v, seed=0)
+    assert report.checked == 3 * 2 * 8 * 64 * 32
+
+
+class CausalAttention(torch.autograd.Function):
+    """Causal attention with a hand-written backward whose mask leaves out the diagonal when ``wrong``."""
+
+    wrong = False
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        t = q.shape[-2]
+        keep = torch.ones(t, t, dtype=torch.bool).tril()
+        w = torch.softmax((q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).masked_fill(~keep, float("-inf")), -1)
+        ctx.save_for_backward(q, k, v, w)
+        return w @ v
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, w = ctx.saved_tensors
+        t = q.shape[-2]
+        keep = torch.ones(t, t, dtype=torch.bool).tril(-1 if CausalAttention.wrong else 0)
+        gv = w.transpose(-2, -1) @ g
+        gw = g @ v.transpose(-2, -1)
+        gs = (w * (gw - (gw * w).sum(-1, keepdim=True))).masked_fill(~keep, 0.0) / q.shape[-1] ** 0.5
+        return gs @ k, gs.transpose(-2, -1) @ q, gv
+
+
+def test_a_wrong_attention_mask_in_backward_is_found():
+    q, k, v = (randn(2, 2, 16, 8, seed=s) for s in range(3))
+    assert autocheck.check_grad(CausalAttention.apply, q, k, v, seed=0).ok
+    CausalAttention.wrong = True
+    try:
+        report = autocheck.check_grad(CausalAttention.apply, q, k, v, seed=0)
+    finally:
+        CausalAttention.wrong = False
+    assert not report.ok and report.worst[0].failed and report.worst[0].where in ("d/dx", "d/dy")  # apply takes *args: x, y, z
+
+
+def test_conv2d_matches():
+    x, w, b = randn(2, 3, 32, 32), randn(8, 3, 3, 3, seed=1), randn(8, seed=2)
+    report = autocheck.assert_grad_matches(lambda x, w, b: F.conv2d(x, w, b, padding=1), x, w, b, seed=0)
+    assert report.checked == 2 * 3 * 32 * 32 + 8 * 3 * 3 * 3 + 8
+
+
+TARGETS = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6] * 4)
+
+
+class MeanCrossEntropy(torch.autograd.Function):
+    """Cross-entropy averaged over the batch; ``forget_mean`` drops the 1/N in backward."""
+
+    forget_mean = False
+
+    @staticmethod
+    def forward(ctx, logits):
+        p = torch.softmax(logits, -1)
+        ctx.save_for_backward(p)
+        return -torch.log(p.gather(1, TARGETS[:, None])).mean()
+
+    @staticmethod
+    def backward(ctx, g):
+        (p,) = ctx.saved_tensors
+        grad = p - F.one_hot(TARGETS, p.shape[1]).to(p.dtype)
+        return g * (grad if MeanCrossEntropy.forget_mean else grad / p.shape[0])
+
+
+def test_cross_entropy_matches_with_label_smoothing():
+    report = autocheck.assert_grad_matches(
+        lambda x: F.cross_entropy(x, TARGETS, label_smoothing=0.1), randn(32, 10), seed=0
+    )
+    assert report.checked == 320
+
+
+def test_a_missing_mean_in_backward_is_found():
+    assert autocheck.check_grad(MeanCrossEntropy.apply, randn(32, 10), seed=0).ok
+    MeanCrossEntropy.forget_mean = True
+    try:
+        report = autocheck.check_grad(MeanCrossEntropy.apply, randn(32, 10), seed=0)
+    finally:
+        MeanCrossEntropy.forget_mean = False
+    worst = report.worst[0]
+    assert not report.ok and worst.failed and worst.autograd == pytest.approx(32 * worst.expected)
+
+
+@pytest.mark.parametrize("make, inputs", [
+    (lambda: nn.Linear(20, 8), lambda: (randn(4, 20),)),
+    (lambda: nn.Conv2d(3, 8, 3, padding=1), lambda: (randn(2, 3, 16, 16),)),
+    (lambda: nn.LayerNorm(64), lambda: (randn(4, 64),)),
+    (lambda: nn.MultiheadAttention(16, 4, batch_first=True), lambda: (randn(2, 5, 16),) * 3),
+    (lambda: nn.GRUCell(10, 12), lambda: (randn(3, 10),)),
+    (lambda: nn.Embedding(30, 8), lambda: (torch.tensor([[1, 2, 29], [4, 4, 0]]),)),
+], ids=["Linear", "Conv2d", "LayerNorm", "MultiheadAttention", "GRUCell", "Embedding"])
+def test_modules_match_for_inputs_and_every_parameter(make, inputs):
+    torch.manual_seed(0)
+    module = make().double()
+    args = inputs()
+    report = autocheck.assert_module_grads(module, *args, seed=0)
+    floating = sum(a.numel() for a in args if a.is_floating_point())
+    assert report.checked == floating + sum(p.numel() for p in module.parameters())
+
+
+class TransposedWeightGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w.t()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g @ w, x.t() @ g  # the weight's gradient is (g.t() @ x): this one is its transpose
+
+
+class MyLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(randn(6, 6, seed=5))
+
+    def forward(self, x):
+        return TransposedWeightGrad.apply(x, self.weight)
+
+
+def test_a_transposed_weight_gradient_is_named_by_parameter():
+    report = autocheck.check_module(MyLinear(), randn(5, 6), seed=0)
+    assert not report.ok
+    assert all(row.where == "d/dweight" for row in report.worst if row.failed)
+    assert "d/dweight[" in str(report)
+    with pytest.raises(autocheck.GradientMismatch, match=r"d/dweight\["):
+        autocheck.assert_module_grads(MyLinear(), randn(5, 6), seed=0)
+
+
+def test_mlp_loss_with_parameters_matches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)).double()
+
+    class Loss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return F.cross_entropy(self.model(x), TARGETS[:8])
+
+    report = autocheck.assert_module_grads(Loss(), randn(8, 784), seed=0)
+    assert report.checked == 8 * 784 + 784 * 64 + 64 + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("f, inputs", [
+    (torch.linalg.det, (randn(11, 11) + 4 * torch.eye(11, dtype=F64),)),
+    (torch.linalg.inv, (randn(11, 11) + 4 * torch.eye(11, dtype=F64),)),
+    (torch.linalg.solve, (randn(11, 11) + 4 * torch.eye(11, dtype=F64), randn(11, 3, seed=1))),
+    (lambda x: x.topk(5, dim=1).values, (randn(20, 30),)),
+    (lambda x: torch.sort(x, dim=-1).values.cumsum(-1), (randn(20, 30),)),
+    (lambda x: x.cumprod(1), (randn(20, 30),)),
+    (lambda x: F.max_pool2d(x, 2), (randn(2, 3, 10, 10),)),
+    (lambda x: F.adaptive_avg_pool2d(x, 3), (randn(2, 3, 10, 10),)),
+    (lambda x: F.group_norm(x, 2), (randn(2, 4, 5, 5),)),
+    (lambda w: F.embedding(torch.tensor([1, 3, 3, 7]), w), (randn(30, 4),)),
+    (lambda x: torch.zeros(300, dtype=F64).index_put((torch.arange(200) + 50,), x), (randn(200),)),
+    (lambda x: x.masked_fill(x > 0, 0.5).logsumexp(0), (randn(200),)),
+    (lambda a, b: torch.einsum("ij,jk->ik", a, b), (randn(15, 8), randn(8, 14, seed=1))),
+    (lambda x: torch.linalg.norm(x, dim=1), (randn(20, 30),)),
+], ids=["det", "inv", "solve", "topk", "sort", "cumprod", "max_pool2d", "adaptive_avg_pool2d", "group_norm",
+        "embedding", "index_put", "masked_fill", "einsum", "linalg.norm"])
+def test_layer_operations_match(f, inputs):
+    report = autocheck.assert_grad_matches(f, *inputs, seed=0)
+    assert report.checked == sum(x.numel() for x in inputs)
+
+
+def test_float32_layers_are_judged_against_a_float64_reference():
+    report = autocheck.assert_grad_matches(lambda x: F.layer_norm(x, (300,)), randn(2, 300, dtype=torch.float32), seed=0)
+    assert report.dtype == "float32" and report.checked == 600
+
+
+def test_an_operator_without_a_rule_is_named():
+    with pytest.raises(autocheck.TraceError, match=r"special_airy_ai.*autocheck.register_torch_op"):
+        autocheck.check_grad(lambda x: torch.special.airy_ai(x).sum() * x.sum(), randn(200), seed=0)
+
+
+def test_order_2_is_refused_for_large_tensor_functions():
+    with pytest.raises(ValueError, match=r"order=2 is not supported yet .* pass order=1"):
+        autocheck.check_grad(lambda x: F.layer_norm(x, (300,)), randn(2, 300), order=2, seed=0)
+
+
+def test_the_callers_tensors_are_left_alone():
+    x = randn(8, 64)
+    before = x.clone()
+    assert autocheck.check_grad(lambda x: (x * 1).mul_(2).softmax(-1), x, seed=0).ok
+    assert torch.equal(x, before) and x.grad is None
