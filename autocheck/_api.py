@@ -177,6 +177,7 @@ def check_module(module: torch.nn.Module, *inputs: Any, **options: Any) -> Repor
     run_module.__name__ = run_module.__qualname__ = type(module).__name__
     run_module.__autocheck_names__ = tuple(names)  # type: ignore[attr-defined]
     run_module.__autocheck_directional__ = True  # type: ignore[attr-defined]
+    run_module.__autocheck_module_inputs__ = len(moving)  # type: ignore[attr-defined]
     tensors = [inputs[k] for k in moving] + [p.detach() for _, p in parameters]
     return check_grad(run_module, *tensors, **options)
 

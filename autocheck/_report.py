@@ -204,6 +204,9 @@ def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[f
         options.append("strict=True")
     if reference is not None:
         options.append("reference=reference")
+    module_inputs = getattr(check.f, "__autocheck_module_inputs__", None)  # set by check_module
+    if module_inputs is not None:  # its inputs first, then the parameters, which the module holds
+        return f"autocheck.assert_module_grads({', '.join(['module', *tensors[:module_inputs], *options])})"
     return f"autocheck.assert_grad_matches({', '.join(['f', *tensors, *options])})"
 
 
