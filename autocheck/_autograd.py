@@ -13,6 +13,7 @@ gradcheck's structural checks, done exactly:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -119,7 +120,8 @@ def is_elementwise(f: Callable[..., Any], n_inputs: int, dtype: torch.dtype) -> 
     """Whether ``f`` on a batch computes ``f`` of each element (compared bitwise at a few points)."""
     probe = [torch.tensor([0.5, -1.25, 2.0, 3.5], dtype=dtype) * (k + 1) for k in range(n_inputs)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a probe, not the user's inputs: std of one element warns
             batch = f(*probe)
             single = [f(*[p[k] for p in probe]) for k in range(4)]
     except Exception:  # noqa: BLE001 - any failure on a batch means: evaluate point by point

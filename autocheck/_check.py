@@ -24,7 +24,7 @@ from ._arguments import (
 from ._autograd import Fault, check_deterministic, cotangent, is_elementwise, structural_faults
 from ._budget import Deadline, interrupt_after
 from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
-from ._errors import NothingChecked, TraceError
+from ._errors import DeadlineExceeded, NothingChecked, TraceError
 from ._report import Report, build_report
 from ._judge import exact_side, judge_directional, judge_points, judge_tensor
 from ._printer import POLYGAMMA_STEPS_LIMIT
@@ -258,6 +258,33 @@ def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: Options)
         mode = _mode(f, values, options.reference)
         check_deterministic(f, values if mode in (TENSOR, DIRECTIONAL) else _prefix(values, DETERMINISM_POINTS), name)
     shapes = [tuple(t.shape) for t in tensors] if mode in (TENSOR, DIRECTIONAL) else None
+    if mode == TENSOR and options.order == 1 and options.reference is None:
+        # Element by element while that is quick; a symbolic Jacobian that grows too fast (a
+        # std of 25 elements: a minute) gives way to directional derivatives.
+        try:
+            with interrupt_after(SYMBOLIC_SECONDS, _SYMBOLIC, "Pass a tensor of more than 100 elements."):
+                check, verdict, faults = _judged(f, name, values, names, shapes, mode, options, tol)
+        except DeadlineExceeded as error:
+            if error.what != _SYMBOLIC:
+                raise
+            check, verdict, faults = _judged(f, name, values, names, shapes, DIRECTIONAL, options, tol)
+    else:
+        check, verdict, faults = _judged(f, name, values, names, shapes, mode, options, tol)
+    require_checked(verdict, check.name, "the given inputs", check.dtype)
+    return build_report(check, verdict, faults, inputs=values, reference=options.reference,
+                        timed_out=check.deadline.expired())
+
+
+#: Seconds a check of small tensors may spend element by element before it is checked by
+#: directional derivatives instead.
+SYMBOLIC_SECONDS = 5.0
+_SYMBOLIC = "the symbolic Jacobian of a function of small tensors"
+
+
+def _judged(f: Callable[..., Any], name: str, values: list[torch.Tensor], names: Sequence[str],
+            shapes: Any, mode: str, options: Options, tol: Tolerance) -> tuple[Check, Verdict, list[Fault]]:
+    """The exact side of one check of given inputs, and its judgement."""
+    dtype, device = values[0].dtype, values[0].device
     if mode == DIRECTIONAL:
         if options.order != 1:
             raise ValueError(
@@ -271,9 +298,9 @@ def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: Options)
         derivatives = derivatives_for(f, options.reference, names, shapes, dtype, options.order)
     check = Check(f, name, derivatives, dtype, device, tol, options.strict, mode, options.seed,
                   Deadline.after(options.seconds))
-    stalls = None if mode == DIRECTIONAL else \
+    stalls = None if mode in (TENSOR, DIRECTIONAL) else \
         exact_side(derivatives, options.strict).stalls_torch([v.to(torch.float64) for v in values])
-    if stalls is not None and mode not in (TENSOR, DIRECTIONAL):
+    if stalls is not None:
         raise ValueError(
             f"autograd would not return at {int(stalls.sum())} of the inputs: the derivative calls torch's polygamma "
             f"of order 2 or more below {-POLYGAMMA_STEPS_LIMIT:g}, which torch computes one unit step at a time "
@@ -282,9 +309,7 @@ def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: Options)
     with _hang_limit(name, options):
         verdict = check.judge(values, indexed=mode not in (TENSOR, DIRECTIONAL))
         faults = check.faults(values)
-    require_checked(verdict, check.name, "the given inputs", check.dtype)
-    return build_report(check, verdict, faults, inputs=values, reference=options.reference,
-                        timed_out=check.deadline.expired())
+    return check, verdict, faults
 
 
 def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any) -> str:

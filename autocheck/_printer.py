@@ -1457,7 +1457,7 @@ def to_torch(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[
         outputs = compiled(*tensors, like)
         return tuple(_full(output, shape, dtype, like) for output in outputs)
 
-    evaluate.__doc__ = f"Evaluate {exprs} at {symbols} with torch."
+    evaluate.__doc__ = f"Evaluate {len(exprs)} expressions in {len(symbols)} symbols with torch."
     return evaluate
 
 
@@ -1542,7 +1542,7 @@ def to_arb(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[..
             raise TypeError(f"Expected {n} arguments, one per symbol in {symbols}, but got {len(values)}")
         return tuple(_ball(v) for v in compiled(*[_ball(v) for v in values]))
 
-    evaluate.__doc__ = f"Evaluate {exprs} at {symbols} on arb balls."
+    evaluate.__doc__ = f"Evaluate {len(exprs)} expressions in {len(symbols)} symbols on arb balls."
     return evaluate
 
 
@@ -1580,5 +1580,5 @@ def to_longdouble(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Call
             outputs = compiled(*arrays)
         return tuple(np.broadcast_to(np.asarray(o, dtype=np.longdouble), shape) for o in outputs)
 
-    evaluate.__doc__ = f"Evaluate {exprs} at {symbols} in long double."
+    evaluate.__doc__ = f"Evaluate {len(exprs)} expressions in {len(symbols)} symbols in long double."
     return evaluate

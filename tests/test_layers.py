@@ -262,3 +262,16 @@ def test_the_callers_tensors_are_left_alone():
     before = x.clone()
     assert autocheck.check_grad(lambda x: (x * 1).mul_(2).softmax(-1), x, seed=0).ok
     assert torch.equal(x, before) and x.grad is None
+
+
+def test_a_slow_symbolic_jacobian_gives_way_to_directional_derivatives(monkeypatch):
+    from autocheck import _check
+
+    monkeypatch.setattr(_check, "SYMBOLIC_SECONDS", 0.01)
+    report = autocheck.assert_grad_matches(lambda x: x.std(), randn(5, 5), seed=0)
+    assert report.checked == 25 and "forward mode" in report.formula
+
+
+def test_small_tensors_are_still_checked_element_by_element():
+    report = autocheck.assert_grad_matches(lambda x: x.std(), randn(5), seed=0)
+    assert report.checked == 5 and report.formula.startswith("d/dx[0] = ")
