@@ -144,8 +144,8 @@ def check_module(module: torch.nn.Module, *inputs: Any, **options: Any) -> Repor
     so custom ``autograd.Function``\\ s inside it are checked too. Integer inputs (indices,
     targets) are held fixed. A module that returns a tuple (``nn.MultiheadAttention``) is
     checked on its first output. Put the module in ``eval()`` mode when it has dropout.
-    Keyword arguments are those of :func:`check_grad` (``dtype``, ``seed``, ``rtol`` and
-    ``atol``, ``deadline``).
+    Keyword arguments are those of :func:`check_grad` (``order``, ``dtype``, ``seed``,
+    ``rtol`` and ``atol``, ``deadline``).
 
     Example:
         >>> import torch, autocheck
@@ -158,7 +158,7 @@ def check_module(module: torch.nn.Module, *inputs: Any, **options: Any) -> Repor
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}: {module!r}")
     if not inputs:
         raise TypeError(f"check_module needs the inputs to run {type(module).__name__} at: check_module(module, x)")
-    for key in ("reference", "order", "domain", "examples", "settings"):
+    for key in ("reference", "domain", "examples", "settings"):
         if key in options:
             raise TypeError(f"check_module does not take {key}=: it checks the module's own code at the given inputs")
     parameters = [(name, p) for name, p in module.named_parameters() if p.requires_grad]

@@ -258,7 +258,7 @@ def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: Options)
         mode = _mode(f, values, options.reference)
         check_deterministic(f, values if mode in (TENSOR, DIRECTIONAL) else _prefix(values, DETERMINISM_POINTS), name)
     shapes = [tuple(t.shape) for t in tensors] if mode in (TENSOR, DIRECTIONAL) else None
-    if mode == TENSOR and options.order == 1 and options.reference is None:
+    if mode == TENSOR and options.reference is None:
         # Element by element while that is quick; a symbolic Jacobian that grows too fast (a
         # std of 25 elements: a minute) gives way to directional derivatives.
         try:
@@ -286,14 +286,9 @@ def _judged(f: Callable[..., Any], name: str, values: list[torch.Tensor], names:
     """The exact side of one check of given inputs, and its judgement."""
     dtype, device = values[0].dtype, values[0].device
     if mode == DIRECTIONAL:
-        if options.order != 1:
-            raise ValueError(
-                f"order={options.order} is not supported yet for functions of more than {MAX_SYMBOLIC_ELEMENTS} "
-                "coupled input elements (they are checked by directional derivatives of order 1); pass order=1"
-            )
         with torch.no_grad():
             output_shape = tuple(f(*values).shape)
-        derivatives = directional_derivatives(names, shapes, output_shape)
+        derivatives = directional_derivatives(names, shapes, output_shape, options.order)
     else:
         derivatives = derivatives_for(f, options.reference, names, shapes, dtype, options.order)
     check = Check(f, name, derivatives, dtype, device, tol, options.strict, mode, options.seed,

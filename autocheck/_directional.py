@@ -607,3 +607,30 @@ def directional_at(
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"f returned {type(out).__name__}, not a tensor; return a tensor computed from the inputs")
     return out.detach(), mode.tangent(out), mode.magnitude(out), mode.operations
+
+
+def second_order_at(
+    f: Callable[..., Any], inputs: Sequence[Any], seeds: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Mixed second directional derivatives ``d2/ds dt f(x + s u + t w)`` along ``K`` directions
+    ``u`` and one ``w``: forward mode over forward mode. ``seeds`` holds ``(input, u [K, *shape],
+    w [*shape])``. The inner mode carries the derivative along ``w``; every operation it runs
+    to do so (the local derivatives, the sums of the chain rule) runs under the outer mode,
+    which differentiates it along ``u``.
+
+    Returns the output, the mixed derivatives ``[K, *out.shape]``, their magnitudes, and how
+    many operations carried a derivative in both modes.
+    """
+    outer, inner = Tangents(k), Tangents(1)
+    for x, u, _ in seeds:
+        outer.seed(x, u)
+    for x, _, w in seeds:
+        inner.seed(x, w[None])  # along w; a constant for the outer mode
+    with _tracing(False), outer, inner:
+        out = f(*inputs)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"f returned {type(out).__name__}, not a tensor; return a tensor computed from the inputs")
+    along_w = inner.tangent(out)  # [1, *out.shape]
+    return (out.detach(), outer.tangent(along_w)[:, 0], outer.magnitude(along_w)[:, 0],
+            outer.operations + inner.operations)

@@ -517,12 +517,18 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     moving = [i for i, x in enumerate(values) if x.is_floating_point()]
     sizes = [values[i].numel() for i in moving]
     total = sum(sizes)
+    order = check.derivatives.order
     directions = [_signed(generator, (DIRECTIONS, *values[i].shape)) for i in moving]
-    exact = _Directional(check, values, moving)
+    # Order 2: autograd's x.grad after the second backward is H w (H the Hessian of <v, f>),
+    # for one direction w; along u it must equal the mixed derivative u^T H w.
+    second = [_signed(generator, tuple(values[i].shape)) for i in moving] if order == 2 else None
+    exact = _Directional(check, values, moving, second)
     out, tangents, magnitudes, operations = exact.run(directions)
     v = cotangent(tuple(out.shape), check.dtype, check.device, generator)
     v64 = v.to(torch.float64).cpu()
-    _, grads = vjp(check.f, values, 1, v)
+    w = [second[moving.index(i)].to(check.dtype) if i in moving else torch.zeros_like(x)
+         for i, x in enumerate(values)] if second is not None else None
+    _, grads = vjp(check.f, values, order, v, w)
     flat = torch.cat([grads[i].detach().to(torch.float64).reshape(-1).cpu() for i in moving]) if moving else \
         torch.zeros(0, dtype=torch.float64)
     exact.v = v64
@@ -568,7 +574,7 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
         name = check.derivatives.names[position] if position < len(check.derivatives.names) else f"input {position}"
         verdict.worst.append(Row(
             inputs=(float(values[position].reshape(-1)[j - starts[which]]),),
-            where=f"d/d{name}",
+            where=f"d/d{name}" if order == 1 else f"d²/d{name}·",
             autograd=autograd, expected=wanted, upstream=None, abs_error=abs(autograd - wanted),
             rel_error=abs(autograd - wanted) / abs(wanted) if wanted else (0.0 if autograd == wanted else math.inf),
             ulp_error=float(abs(autograd - wanted) / ulp(torch.tensor(wanted, dtype=torch.float64), check.dtype)),
@@ -589,8 +595,10 @@ def _signed(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
 class _Directional:
     """The exact side of a directional check: forward mode at the point, contracted with ``v``."""
 
-    def __init__(self, check: Any, values: list[torch.Tensor], moving: list[int]) -> None:
+    def __init__(self, check: Any, values: list[torch.Tensor], moving: list[int],
+                 second: list[torch.Tensor] | None = None) -> None:
         self.check, self.values, self.moving = check, values, moving
+        self.second = second  # order 2: the direction w of the second backward, per moving input
         self.v: torch.Tensor | None = None
         self.scale = 0.0
 
@@ -601,6 +609,10 @@ class _Directional:
         for i, x in enumerate(self.values):
             tangents.append(next(it) if i in self.moving else None)
         inputs = [x.to(torch.float64).clone() if x.is_floating_point() else x for x in self.values]
+        if self.second is not None:
+            ws = iter(self.second)
+            seeds2 = [(x, t, next(ws)) for x, t in zip(inputs, tangents) if t is not None]
+            return _directional.second_order_at(self.check.f, inputs, seeds2, k)
         seeds = [(x, t) for x, t in zip(inputs, tangents) if t is not None]
         return _directional.directional_at(self.check.f, inputs, seeds, k)
 

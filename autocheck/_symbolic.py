@@ -122,6 +122,8 @@ class Derivatives:
     def formula(self) -> str:
         """The derivatives as text, at most four of them."""
         if not self.entries and not self.symbols and self.input_shapes:
+            if self.order == 2:
+                return "u^T H w (H the Hessian of <v, f>) along random directions u, by forward mode over forward mode"
             return "<v, J u> along random directions u, by forward mode over the operations f runs"
         limit = 4
         parts = []
@@ -138,10 +140,10 @@ class Derivatives:
 
 
 def directional_derivatives(names: Sequence[str], shapes: Sequence[tuple[int, ...]],
-                            output_shape: tuple[int, ...]) -> Derivatives:
+                            output_shape: tuple[int, ...], order: int = 1) -> Derivatives:
     """The exact side of a function checked by directional derivatives: no entries (they
     are computed at the point, by forward mode), only the shapes."""
-    return Derivatives(tuple(names), (), None, 1, (), tuple(output_shape), tuple(tuple(s) for s in shapes))
+    return Derivatives(tuple(names), (), None, order, (), tuple(output_shape), tuple(tuple(s) for s in shapes))
 
 
 def label_of(symbols: Sequence[sympy.Symbol], entry: Entry) -> str:

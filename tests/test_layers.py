@@ -252,9 +252,34 @@ def test_an_operator_without_a_rule_is_named():
         autocheck.check_grad(lambda x: torch.special.airy_ai(x).sum() * x.sum(), randn(200), seed=0)
 
 
-def test_order_2_is_refused_for_large_tensor_functions():
-    with pytest.raises(ValueError, match=r"order=2 is not supported yet .* pass order=1"):
-        autocheck.check_grad(lambda x: F.layer_norm(x, (300,)), randn(2, 300), order=2, seed=0)
+def test_second_derivatives_of_large_tensor_functions_match():
+    x, w = randn(4, 300), randn(300, seed=1)
+    report = autocheck.assert_grad_matches(lambda x, w: F.layer_norm(x, (300,), w).tanh(), x, w, order=2, seed=0)
+    assert report.order == 2 and report.checked == 4 * 300 + 300 and "Hessian" in report.formula
+
+
+class DetachedBackward(torch.autograd.Function):
+    """softmax over the last dimension whose backward is right but not differentiable: it
+    detaches the saved output, so a second backward sees a constant."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.softmax(x, -1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        y = y.detach()
+        return y * (g - (g * y).sum(-1, keepdim=True))
+
+
+def test_a_backward_that_is_not_differentiable_fails_at_order_2():
+    x = randn(6, 50)
+    assert autocheck.check_grad(DetachedBackward.apply, x, seed=0).ok
+    report = autocheck.check_grad(DetachedBackward.apply, x, order=2, seed=0)
+    assert not report.ok and report.worst[0].failed and report.worst[0].where == "d²/dx·"
 
 
 def test_the_callers_tensors_are_left_alone():
