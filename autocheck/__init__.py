@@ -20,6 +20,7 @@ from ._errors import TraceError as TraceError
 from ._errors import TranslationError as TranslationError
 from ._printer import register_sympy_function as register_sympy_function
 from ._report import Report as Report
+from ._search import Drawn as Drawn
 from ._symbolic import derivative as derivative
 from ._trace import register_torch_op as register_torch_op
 
@@ -37,6 +38,7 @@ def __getattr__(name: str):
 __all__ = [
     "DEFAULT_TOLERANCES",
     "DeadlineExceeded",
+    "Drawn",
     "DomainError",
     "GradientMismatch",
     "NondeterministicFunction",

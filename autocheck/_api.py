@@ -13,6 +13,7 @@ import torch
 from ._check import AUTOMATIC, options, run
 from ._errors import GradientMismatch
 from ._report import Report
+from ._search import Drawn
 
 
 def check_grad(
@@ -37,8 +38,9 @@ def check_grad(
     mismatch: look at ``report.ok``.
     """
     __tracebackhide__ = True
+    drawn = any(isinstance(x, Drawn) for x in inputs)  # tensors the check draws: a search, with its deadline
     settings_ = options(
-        f, bool(inputs), reference=reference, order=order, dtype=dtype, device=device, examples=examples, seed=seed,
+        f, bool(inputs) and not drawn, reference=reference, order=order, dtype=dtype, device=device, examples=examples, seed=seed,
         rtol=rtol, atol=atol, domain=domain, strict=strict, deadline=deadline, settings=settings,
     )
     return run(f, inputs, domain, settings_)

@@ -26,9 +26,11 @@ from ._budget import Deadline, interrupt_after
 from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
 from ._errors import DeadlineExceeded, NothingChecked, TraceError
 from ._report import Report, build_report
-from ._judge import exact_side, judge_directional, judge_points, judge_tensor
+from ._judge import exact_side, floating_only, judge_directional, judge_points, judge_tensor
 from ._printer import POLYGAMMA_STEPS_LIMIT
-from ._search import Domain, database_key, infer_domain, parse_domain, points_in_domain, search
+from ._search import (
+    Domain, Drawn, database_key, draw_tensors, infer_domain, parse_domain, points_in_domain, search, shrink_tensors,
+)
 from ._symbolic import Derivatives, derivatives_for, directional_derivatives, names_of
 from ._trace import MAX_SYMBOLIC_ELEMENTS, default_names, function_name
 
@@ -145,7 +147,8 @@ class Check:
 
     def faults(self, columns: Sequence[torch.Tensor]) -> list[Fault]:
         """gradcheck's structural checks on (a prefix of) one batch."""
-        values = [c.detach().to(device=self.device, dtype=self.dtype) for c in columns]
+        values = [c.detach().to(device=self.device, dtype=self.dtype) if c.is_floating_point() else c.detach().to(self.device)
+                  for c in columns]
         if self.mode not in (TENSOR, DIRECTIONAL):
             values = _prefix(values, 1 if self.mode == POINTWISE else STRUCTURAL_POINTS)
             if self.mode == POINTWISE:
@@ -159,6 +162,10 @@ class Check:
                 return (a == b) | (torch.isnan(a) & torch.isnan(b))
             return ((a - b).abs() <= self.tol.atol + self.tol.rtol * a.abs()) | (torch.isnan(a) & torch.isnan(b))
 
+        if self.mode == DIRECTIONAL:  # integer inputs (targets) are held, not differentiated
+            f = floating_only(self.f, values)
+            values = [x for x in values if x.is_floating_point()]
+            return structural_faults(f, values, v, same)
         return structural_faults(self.f, values, v, same)
 
 
@@ -217,6 +224,8 @@ def _is_settings(value: Any) -> bool:
 
 def run(f: Callable[..., Any], inputs: Sequence[Any], domain: Any, options: Options) -> Report:
     """One check: at the given inputs, or searched over ``domain``."""
+    if any(isinstance(x, Drawn) for x in inputs):
+        return _check_drawn(f, inputs, options)
     small = not inputs or sum(x.numel() if isinstance(x, torch.Tensor) else 1 for x in inputs) <= SMALL_WORK
     with _one_thread(small):
         return _check_given(f, inputs, options) if inputs else _check_generated(f, domain, options)
@@ -305,6 +314,82 @@ def _judged(f: Callable[..., Any], name: str, values: list[torch.Tensor], names:
         verdict = check.judge(values, indexed=mode not in (TENSOR, DIRECTIONAL))
         faults = check.faults(values)
     return check, verdict, faults
+
+
+#: Draws of tensors a check of drawn inputs judges by default.
+DRAWN_EXAMPLES = 12
+
+
+def _check_drawn(f: Callable[..., Any], inputs: Sequence[Any], options: Options) -> Report:
+    """A function of tensors at tensors it draws (:class:`Drawn`), by directional
+    derivatives; a failing draw is shrunk and reported whole."""
+    declared = names_of(f, None, len(inputs))
+    names = declared or default_names(len(inputs))
+    specs = []
+    for k, x in enumerate(inputs):
+        if isinstance(x, Drawn):
+            specs.append(x)
+        elif isinstance(x, torch.Tensor):
+            specs.append(Drawn(tuple(x.shape), integers=None))
+        else:
+            raise TypeError(f"input {k} ({names[k]}) must be autocheck.Drawn or a tensor, got {type(x).__name__}")
+    fixed = {k: x for k, x in enumerate(inputs) if isinstance(x, torch.Tensor)}
+    if options.reference is not None or options.strict:
+        raise TypeError("reference= and strict= do not apply to drawn tensors (they are checked by directional derivatives)")
+    dtype = options.dtype or torch.float64
+    device = options.device or torch.device("cpu")
+    tol = tolerance_for(dtype, options.rtol, options.atol)
+    name = function_name(f)
+    generator = torch.Generator().manual_seed(options.seed)
+    deadline = Deadline.after(options.seconds)
+    examples = options.examples or DRAWN_EXAMPLES
+
+    def judged(values: list[torch.Tensor]) -> tuple[Check, Verdict, list[Fault]]:
+        shapes = [tuple(v.shape) for v in values]
+        return _judged(f, name, values, names, shapes, DIRECTIONAL, options, tol)
+
+    def draw(attempt: int) -> list[torch.Tensor]:
+        drawn = draw_tensors(specs, attempt, generator, dtype, device)
+        return [fixed[k].to(device=device, dtype=dtype) if k in fixed and fixed[k].is_floating_point()
+                else fixed.get(k, drawn[k]) for k in range(len(specs))]
+
+    total, checked = Verdict(), 0
+    last = None
+    for attempt in range(examples):
+        if attempt and deadline.expired():
+            break
+        values = draw(attempt)
+        if attempt == 0:
+            with _hang_limit(name, options):
+                check_deterministic(f, values, name)
+        check, verdict, faults = judged(values)
+        checked += 1
+        last = (check, verdict, faults, values)
+        if verdict.failed or faults:
+            def fails(candidate: list[torch.Tensor]) -> bool:
+                return bool(judged(candidate)[1].failed)
+
+            shrunk = shrink_tensors(fails, values, specs) if verdict.failed else values
+            check, verdict, faults = judged(shrunk)
+            report = build_report(check, verdict, faults, inputs=shrunk, timed_out=deadline.expired())
+            report.counterexample = tuple(shrunk)
+            report.notes.append(f"Found at draw {attempt + 1} of {examples}, then shrunk; the inputs in full:")
+            report.notes += [f"  {n} = {_whole(t)}" for n, t in zip(names, shrunk)]
+            report.reproduce = f"autocheck.assert_grad_matches(f, {', '.join(names)}, seed={options.seed})"
+            return report
+        total.merge(verdict)
+    check, verdict, faults, values = last
+    total.worst = verdict.worst
+    require_checked(total, name, f"{checked} drawn inputs", dtype)
+    report = build_report(check, total, faults, inputs=values, timed_out=deadline.expired())
+    report.notes.append(f"Inputs drawn {checked} times (shapes {', '.join(str(s.shape) for s in specs)})")
+    return report
+
+
+def _whole(t: torch.Tensor) -> str:
+    """A tensor as code that builds it, every element written out."""
+    dtype = f", dtype={t.dtype}" if t.is_floating_point() else ""
+    return f"torch.tensor({t.detach().cpu().tolist()!r}{dtype})"
 
 
 def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any) -> str:

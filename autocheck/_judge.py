@@ -526,10 +526,9 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     out, tangents, magnitudes, operations = exact.run(directions)
     v = cotangent(tuple(out.shape), check.dtype, check.device, generator)
     v64 = v.to(torch.float64).cpu()
-    w = [second[moving.index(i)].to(check.dtype) if i in moving else torch.zeros_like(x)
-         for i, x in enumerate(values)] if second is not None else None
-    _, grads = vjp(check.f, values, order, v, w)
-    flat = torch.cat([grads[i].detach().to(torch.float64).reshape(-1).cpu() for i in moving]) if moving else \
+    w = [t.to(check.dtype) for t in second] if second is not None else None
+    _, grads = vjp(floating_only(check.f, values), [values[i] for i in moving], order, v, w)
+    flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
         torch.zeros(0, dtype=torch.float64)
     exact.v = v64
     # How much rounding may move either side: rtol per unit of the computation's size (the
@@ -583,6 +582,21 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     verdict.failed = max(verdict.failed, 1)
     verdict.worst.sort(key=lambda r: (r.failed, r.abs_error / r.allowed if r.allowed else math.inf), reverse=True)
     return verdict
+
+
+def floating_only(f: Callable[..., Any], values: Sequence[torch.Tensor]) -> Callable[..., Any]:
+    """``f`` as a function of its floating inputs, the others (integer targets) held at ``values``."""
+    moving = [i for i, x in enumerate(values) if x.is_floating_point()]
+    if len(moving) == len(values):
+        return f
+
+    def of_floating(*tensors: torch.Tensor) -> Any:
+        args = list(values)
+        for i, t in zip(moving, tensors):
+            args[i] = t
+        return f(*args)
+
+    return of_floating
 
 
 def _signed(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:

@@ -551,3 +551,116 @@ def _real_interval(forward: Any, s: Any) -> tuple[float, float] | None:
         return float(region.inf), float(region.sup)
     except Exception:  # noqa: BLE001 - SymPy cannot say (tan: the reals less a lattice): rejection
         return None
+
+
+# --------------------------------------------------------------------------------------
+# Tensors drawn for a function of tensors
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """An input that a check draws for itself: a tensor of ``shape``.
+
+    Floating tensors get values in ``[low, high]`` where given, else over many magnitudes
+    (normal values scaled by 1, 1e-3, 1e3, 10, 1e-8, 1e8, 30 and 0.1, with zeros and ties
+    mixed in); ``integers=(low, high)`` draws an integer tensor in ``[low, high)`` (class
+    targets, indices), held fixed: it has no gradient.
+
+    >>> import torch, torch.nn.functional as F, autocheck
+    >>> report = autocheck.check_grad(F.cross_entropy, autocheck.Drawn((4, 3)),
+    ...                               autocheck.Drawn((4,), integers=(0, 3)), seed=0)
+    >>> report.ok
+    True
+    """
+
+    shape: tuple[int, ...]
+    low: float | None = None
+    high: float | None = None
+    integers: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        shape = (self.shape,) if isinstance(self.shape, int) else self.shape
+        if not isinstance(shape, (tuple, list)) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise TypeError(f"shape must be a tuple of non-negative ints, got shape={self.shape!r}")
+        object.__setattr__(self, "shape", tuple(shape))
+        if (self.low is None) != (self.high is None) or (self.low is not None and not self.low < self.high):
+            raise ValueError(f"give both low and high, with low < high, or neither; got low={self.low!r}, "
+                             f"high={self.high!r}")
+        if self.integers is not None and (len(self.integers) != 2 or not self.integers[0] < self.integers[1]):
+            raise ValueError(f"integers must be (low, high) with low < high, got integers={self.integers!r}")
+
+
+#: Scales of the floating values drawn, attempt by attempt.
+_SCALES = (1.0, 1e-3, 1e3, 10.0, 1e-8, 1e8, 30.0, 0.1)
+
+
+def draw_tensors(specs: Sequence[Drawn], attempt: int, generator: torch.Generator, dtype: torch.dtype,
+                 device: Any) -> list[torch.Tensor]:
+    """One draw of every input: the same for the same generator state and attempt."""
+    values = []
+    for spec in specs:
+        if spec.integers is not None:
+            low, high = spec.integers
+            values.append(torch.randint(low, high, spec.shape, generator=generator).to(device))
+            continue
+        if spec.low is not None:
+            t = torch.rand(spec.shape, generator=generator, dtype=torch.float64) * (spec.high - spec.low) + spec.low
+        else:
+            t = torch.randn(spec.shape, generator=generator, dtype=torch.float64) * _SCALES[attempt % len(_SCALES)]
+            kind = attempt % 3  # with 8 scales: every kind meets every scale
+            if kind == 1 and t.numel():  # zeros sprinkled in
+                t = torch.where(torch.rand(spec.shape, generator=generator) < 0.2, 0.0, t)
+            elif kind == 2:  # ties: few distinct values
+                t = torch.round(t / t.abs().max().clamp(min=1e-300) * 2) * t.abs().max().clamp(min=1e-300) / 2
+        values.append(t.to(device=device, dtype=dtype))
+    return values
+
+
+def shrink_tensors(fails: Callable[[list[torch.Tensor]], bool], values: list[torch.Tensor],
+                   specs: Sequence[Drawn], budget: int = 96) -> list[torch.Tensor]:
+    """Simpler tensors on which ``fails`` still holds: values rounded to one significant
+    digit, then blocks of elements set to 0, then to 1, each kept only where the failure
+    stays; at most ``budget`` calls of ``fails``."""
+    current = [v.clone() for v in values]
+    calls = 0
+
+    def attempt(candidate: list[torch.Tensor]) -> bool:
+        nonlocal calls, current
+        if calls >= budget:
+            return False
+        calls += 1
+        if fails(candidate):
+            current = candidate
+            return True
+        return False
+
+    floating = [k for k, s in enumerate(specs) if s.integers is None]
+    for digits in (1, 2, 3):
+        rounded = list(current)
+        for k in floating:
+            rounded[k] = _round_significant(current[k], digits)
+        if attempt(rounded):
+            break
+    for k in floating:
+        for fill in (0.0, 1.0):
+            size = current[k].numel()
+            block = max(size // 2, 1)
+            while block >= 1 and calls < budget:
+                for start in range(0, size, block):
+                    candidate = list(current)
+                    flat = candidate[k].clone().reshape(-1)
+                    if bool((flat[start:start + block] == fill).all()):
+                        continue
+                    flat[start:start + block] = fill
+                    candidate[k] = flat.reshape(current[k].shape)
+                    attempt(candidate)
+                block //= 2
+    return current
+
+
+def _round_significant(t: torch.Tensor, digits: int) -> torch.Tensor:
+    if not t.numel():
+        return t.clone()
+    as_list = [float(f"{v:.{digits}g}") for v in t.double().reshape(-1).tolist()]
+    return torch.tensor(as_list, dtype=torch.float64).reshape(t.shape).to(device=t.device, dtype=t.dtype)

@@ -300,3 +300,65 @@ def test_a_slow_symbolic_jacobian_gives_way_to_directional_derivatives(monkeypat
 def test_small_tensors_are_still_checked_element_by_element():
     report = autocheck.assert_grad_matches(lambda x: x.std(), randn(5), seed=0)
     assert report.checked == 5 and report.formula.startswith("d/dx[0] = ")
+
+
+class DominantSoftmax(torch.autograd.Function):
+    """softmax whose backward drops the gradient wherever one entry holds more than 0.999."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.softmax(x, -1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0.999, 0.0, y * (g - (g * y).sum(-1, keepdim=True)))
+
+
+def test_drawn_logits_and_integer_targets_are_searched():
+    report = autocheck.assert_grad_matches(
+        F.cross_entropy, autocheck.Drawn((4, 3)), autocheck.Drawn((4,), integers=(0, 3)), seed=0
+    )
+    assert report.checked == 12 * 12
+    assert "Inputs drawn 12 times (shapes (4, 3), (4,))" in str(report)
+
+
+def test_a_bug_in_a_region_of_drawn_tensors_is_found_and_shrunk_whole():
+    report = autocheck.check_grad(DominantSoftmax.apply, autocheck.Drawn((3, 40)), seed=0)
+    assert not report.ok
+    (x,) = report.counterexample
+    assert x.shape == (3, 40)
+    assert (x == 1.0).sum() == 3 * 40 - 1 and x.max() == 30.0  # every element simplified but the dominant one
+    assert "  x = torch.tensor([[1.0, 1.0," in str(report)
+    assert report.reproduce == "autocheck.assert_grad_matches(f, x, seed=0)"
+
+
+def test_the_same_seed_draws_the_same_tensors():
+    first = autocheck.check_grad(DominantSoftmax.apply, autocheck.Drawn((3, 40)), seed=0)
+    second = autocheck.check_grad(DominantSoftmax.apply, autocheck.Drawn((3, 40)), seed=0)
+    assert str(first) == str(second)
+
+
+def test_drawn_inputs_within_bounds_and_fixed_tensors():
+    w = randn(5)
+    seen = []
+
+    def f(x, w):
+        seen.append(x.detach().clone())
+        return (x.log() * w).sum(-1)
+
+    autocheck.assert_grad_matches(f, autocheck.Drawn((6, 5), low=0.5, high=2.0), w, seed=0, examples=3)
+    assert all(bool(((s >= 0.5) & (s <= 2.0)).all()) for s in seen)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"shape": (2, -1)}, "shape must be a tuple of non-negative ints"),
+    ({"shape": (2,), "low": 1.0}, "give both low and high"),
+    ({"shape": (2,), "low": 2.0, "high": 1.0}, "low < high"),
+    ({"shape": (2,), "integers": (3, 3)}, "integers must be"),
+])
+def test_drawn_rejects_bad_arguments(kwargs, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        autocheck.Drawn(**kwargs)
