@@ -277,6 +277,11 @@ def _check_given(f: Callable[..., Any], inputs: Sequence[Any], options: Options)
             if error.what != _SYMBOLIC:
                 raise
             check, verdict, faults = _judged(f, name, values, names, shapes, DIRECTIONAL, options, tol)
+        except TraceError as error:  # an operator the tracer has no rule for (scatter, cdist)
+            try:
+                check, verdict, faults = _judged(f, name, values, names, shapes, DIRECTIONAL, options, tol)
+            except (TraceError, TypeError):  # no rule there either, or not a function to check that way
+                raise error from None
     else:
         check, verdict, faults = _judged(f, name, values, names, shapes, mode, options, tol)
     require_checked(verdict, check.name, "the given inputs", check.dtype)
@@ -296,7 +301,10 @@ def _judged(f: Callable[..., Any], name: str, values: list[torch.Tensor], names:
     dtype, device = values[0].dtype, values[0].device
     if mode == DIRECTIONAL:
         with torch.no_grad():
-            output_shape = tuple(f(*values).shape)
+            out = f(*values)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"f returned {type(out).__name__}, not a tensor; return a single tensor")
+        output_shape = tuple(out.shape)
         derivatives = directional_derivatives(names, shapes, output_shape, options.order)
     else:
         derivatives = derivatives_for(f, options.reference, names, shapes, dtype, options.order)

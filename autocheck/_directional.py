@@ -236,8 +236,16 @@ def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
     return torch.matmul(weights, value), weights
 
 
+def _distances(x1, x2, p=2.0, compute_mode=None):
+    """aten._cdist_forward, written out: the p-norm of every pairwise difference."""
+    difference = x1.unsqueeze(-2) - x2.unsqueeze(-3)
+    if p == 0:
+        raise TraceError("cdist with p=0 counts nonzero differences: it has no derivative to check")
+    return torch.linalg.vector_norm(difference, ord=p, dim=-1)
+
+
 #: Operations written out here where torch has no decomposition of them.
-_WRITTEN_OUT = {"_scaled_dot_product_attention_math": _attention}
+_WRITTEN_OUT = {"_scaled_dot_product_attention_math": _attention, "_cdist_forward": _distances}
 
 
 def _rule(func: torch._ops.OpOverload, base: str) -> Callable[..., None] | None:
@@ -504,7 +512,54 @@ def _solution(mode: Tangents, func, args, kwargs, out) -> None:
     mode._set(out[0], tangent, magnitude)
 
 
-_LINALG = {"linalg_inv_ex": _inverse, "_linalg_det": _determinant, "_linalg_solve_ex": _solution}
+def _log_determinant(mode: Tangents, func, args, kwargs, out) -> None:
+    """_linalg_slogdet(A) -> (sign, logabsdet, LU, pivots): d log|det| = trace(A^-1 dA); the sign is constant."""
+    inverse_t = torch.linalg.inv(args[0].to(_F64)).transpose(-2, -1)
+    tangent = _each(lambda t: (inverse_t * t).sum((-2, -1)), mode.tangent(args[0]))
+    magnitude = _each(lambda m: (inverse_t.abs() * m).sum((-2, -1)), mode.magnitude(args[0]))
+    mode._set(out[1], tangent, magnitude)
+
+
+def _cholesky(mode: Tangents, func, args, kwargs, out) -> None:
+    """linalg_cholesky_ex(A, upper) -> (L, info): dL = L Phi(L^-1 dA L^-T), Phi the lower
+    triangle with half the diagonal (A = L L^T, dA symmetric as the code reads it)."""
+    upper = kwargs.get("upper", args[1] if len(args) > 1 else False)
+    factor = out[0].to(_F64)
+    lower = factor.transpose(-2, -1) if upper else factor
+    inverse = torch.linalg.inv(lower)
+    n = lower.shape[-1]
+    half = torch.ones(n, n, dtype=_F64, device=lower.device).tril(-1) + 0.5 * torch.eye(n, dtype=_F64, device=lower.device)
+
+    def change(t: torch.Tensor, absolute: bool) -> torch.Tensor:
+        t = (t + t.transpose(-2, -1)) / 2 if not absolute else (t + t.transpose(-2, -1)) / 2
+        left, right = (lower.abs(), inverse.abs()) if absolute else (lower, inverse)
+        inner = right @ t @ right.transpose(-2, -1)
+        result = left @ (inner * half)
+        return result.transpose(-2, -1) if upper else result
+
+    tangent = _each(lambda t: change(t, False), mode.tangent(args[0]))
+    magnitude = _each(lambda m: change(m, True), mode.magnitude(args[0]))
+    mode._set(out[0], tangent, magnitude)
+
+
+def _matrix_exponential(mode: Tangents, func, args, kwargs, out) -> None:
+    """linalg_matrix_exp(A): the derivative along dA is the upper right block of
+    exp([[A, dA], [0, A]]) (exact, by the block structure)."""
+    a = args[0].to(_F64)
+    n = a.shape[-1]
+
+    def change(t: torch.Tensor, absolute: bool) -> torch.Tensor:
+        top = torch.cat([a.abs() if absolute else a, t], -1)
+        bottom = torch.cat([torch.zeros_like(a), a.abs() if absolute else a], -1)
+        return torch.linalg.matrix_exp(torch.cat([top, bottom], -2))[..., :n, n:]
+
+    tangent = _each(lambda t: change(t, False), mode.tangent(args[0]))
+    magnitude = _each(lambda m: change(m, True), mode.magnitude(args[0]))
+    mode._set(out, tangent, magnitude)
+
+
+_LINALG = {"linalg_inv_ex": _inverse, "_linalg_det": _determinant, "_linalg_solve_ex": _solution,
+           "_linalg_slogdet": _log_determinant, "linalg_cholesky_ex": _cholesky, "linalg_matrix_exp": _matrix_exponential}
 
 
 def _pooled(mode: Tangents, func, args, kwargs, out) -> None:
