@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from ._autograd import Fault
 from ._compare import Row
+from ._judge import LOCATED
 from ._trace import function_name
 
 __all__ = ["Report", "build_report", "function_name"]
@@ -109,6 +110,12 @@ def build_report(
             f"largest {_dtype_name(check.dtype)} number) and autograd's value is not finite or is zero while the "
             "exact derivative is neither: an intermediate of the backward formula (such as x**2 + y**2) "
             "underflows or overflows there. For a torch built-in, the defect is in torch's backward at those inputs."
+        )
+    directional = not derivatives.entries and not derivatives.symbols and derivatives.input_shapes
+    if directional and verdict.failed:
+        notes.append(
+            "The mismatched elements are those located by bisection from a failing direction (the worst, up to "
+            f"{LOCATED} of them): more may be wrong"
         )
     if timed_out:
         notes.append(

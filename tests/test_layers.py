@@ -61,6 +61,7 @@ def test_a_wrong_element_of_a_large_gradient_is_located(wrong_element):
     assert worst.failed and worst.where == "d/dx" and worst.index == (3, 1000)
     assert worst.rel_error == pytest.approx(1e-3, rel=1e-6)
     assert "d/dx[3, 1000]" in str(report)
+    assert "located by bisection from a failing direction (the worst, up to 5 of them): more may be wrong" in str(report)
 
 
 def test_a_correct_hand_written_layer_norm_matches():
