@@ -34,7 +34,7 @@ from torch._decomp import decomposition_table
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from . import _printer
+from . import _printer, _trace
 from ._errors import TraceError
 from ._symbolic import diff
 from ._trace import _gradient_stopped, _tracing, trace
@@ -582,7 +582,7 @@ def _pointwise(mode: Tangents, func, args, kwargs, out) -> None:
     carried = [j for j, i in enumerate(tensors) if mode.carries(leaves[i])]
     key = tuple(("tensor", leaves[i].is_floating_point() or leaves[i].dtype == torch.bool) if i in tensors
                 else _hashable(a) for i, a in enumerate(leaves))
-    partials = _partials(func, spec, key, tuple(carried))
+    partials = _partials(func, spec, key, tuple(carried), _trace.rule_registrations)
     values = [leaves[i].to(_F64) for i in tensors]
     locals_ = partials(*values)
     shape = (mode.directions, *out.shape)
@@ -611,9 +611,11 @@ def _hashable(value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=1024)
-def _partials(func: torch._ops.OpOverload, spec: Any, key: tuple, carried: tuple[int, ...]) -> Callable[..., Any]:
+def _partials(func: torch._ops.OpOverload, spec: Any, key: tuple, carried: tuple[int, ...],
+              registrations: int) -> Callable[..., Any]:
     """The local partial derivatives of an elementwise operation with these constant
-    arguments, by the tensor arguments at ``carried``, compiled to torch."""
+    arguments, by the tensor arguments at ``carried``, compiled to torch (again after a
+    rule is registered: ``registrations`` counts them)."""
     tensors = [i for i, k in enumerate(key) if isinstance(k, tuple) and k and k[0] == "tensor"]
     constants = {i: k[1] for i, k in enumerate(key) if i not in tensors}
 

@@ -22,6 +22,7 @@ import inspect
 import math
 import operator
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -1065,7 +1066,7 @@ TORCH_TO_SYMPY: collections.ChainMap[str, Callable[..., Any]] = collections.Chai
 rule_registrations = 0
 
 
-def register_torch_op(op: Any, rule: Callable[..., Any]) -> None:
+def register_torch_op(op: Any, rule: Callable[..., Any], *, override: bool = False) -> "Registration":
     """Teach the tracer one torch operator.
 
     Args:
@@ -1075,21 +1076,77 @@ def register_torch_op(op: Any, rule: Callable[..., Any]) -> None:
         rule: called with the operator's arguments, tensors given as numpy object arrays
             of SymPy expressions, numbers as exact SymPy numbers, and dims, sizes and
             flags as Python ints and bools; returns the result as such an array.
+        override: replace autocheck's own rule for the operator without a warning.
+
+    Returns:
+        The registration: ``.undo()`` puts back the rule that was there before (autocheck's
+        own, or none), and so does leaving it as a ``with`` block.
 
     Raises:
         TypeError: ``rule`` is not callable, or ``op`` is neither an operator nor a name.
         ValueError: torch has no operator (or overload) of that name.
 
+    Warns:
+        UserWarning: ``op`` has a rule of autocheck's own and ``override`` is False: the
+            registration replaces it (``derivative(torch.sinc)`` follows the new rule).
+
     Example:
-        >>> import sympy, autocheck
-        >>> autocheck.register_torch_op("aten::sinc", lambda x: x)  # doctest: +SKIP
+        >>> import sympy, torch, autocheck
+        >>> with autocheck.register_torch_op("aten::sinc", lambda x: x, override=True):
+        ...     autocheck.derivative(torch.sinc)
+        1
+        >>> autocheck.derivative(torch.sinc)
+        pi*(cos(pi*x)/(pi*x) - sin(pi*x)/(pi**2*x**2))
     """
     if not callable(rule):
         raise TypeError(
             f"register_torch_op: rule must be callable (a function of the operator's arguments that "
             f"returns an object array of SymPy expressions), got rule={rule!r}"
         )
-    TORCH_TO_SYMPY.maps[0][_op_key(op)] = rule
+    key = _op_key(op)
+    if key in _BUILTIN_RULES and not override:
+        warnings.warn(
+            f"register_torch_op: {key!r} has a rule of autocheck's own, which this registration replaces; "
+            "pass override=True to say so, or use the registration as a with block to put the rule back after",
+            UserWarning,
+            stacklevel=2,
+        )
+    user = TORCH_TO_SYMPY.maps[0]
+    registration = Registration(key, user.get(key), key in user)
+    user[key] = rule
+    _registered()
+    return registration
+
+
+@dataclass
+class Registration:
+    """One :func:`register_torch_op`; undo it with ``.undo()`` or by leaving a ``with`` block."""
+
+    key: str
+    previous: Callable[..., Any] | None
+    had_previous: bool
+    undone: bool = False
+
+    def undo(self) -> None:
+        """Put back the rule that was there before this registration."""
+        if self.undone:
+            return
+        user = TORCH_TO_SYMPY.maps[0]
+        if self.had_previous:
+            user[self.key] = self.previous
+        else:
+            user.pop(self.key, None)
+        self.undone = True
+        _registered()
+
+    def __enter__(self) -> "Registration":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.undo()
+
+
+def _registered() -> None:
     global rule_registrations
     rule_registrations += 1
 

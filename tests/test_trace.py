@@ -250,7 +250,7 @@ def test_register_torch_op_adds_a_rule_in_one_call(restore_rules, op):
 
 
 def test_register_torch_op_overrides_a_builtin_rule(restore_rules):
-    autocheck.register_torch_op("aten::exp", np.vectorize(lambda v: 2**v, otypes=[object]))
+    autocheck.register_torch_op("aten::exp", np.vectorize(lambda v: 2**v, otypes=[object]), override=True)
     assert trace(torch.exp).output.item() == 2**x
 
 
@@ -260,7 +260,7 @@ def test_register_torch_op_for_a_prims_operator_is_used_by_the_trace(restore_rul
     def rule(a, dims, output_dtype=None):
         raise TraceError("the registered prims.sum rule ran")
 
-    autocheck.register_torch_op(op, rule)
+    autocheck.register_torch_op(op, rule, override=True)
     with pytest.raises(TraceError, match="the registered prims.sum rule ran"):
         autocheck.derivative(lambda x: F.layer_norm(x, (3,))[0], V3)
 
@@ -763,3 +763,21 @@ def test_marked_traces_in_threads_are_their_own():
     for t in threads:
         t.join()
     assert results == [k % 2 == 0 for k in range(len(functions))]
+
+
+def test_registering_over_a_builtin_rule_warns_and_can_be_undone():
+    import warnings
+
+    import autocheck
+
+    before = str(autocheck.derivative(torch.sinc))
+    with pytest.warns(UserWarning, match=r"'sinc' has a rule of autocheck's own.*override=True"):
+        registration = autocheck.register_torch_op("aten::sinc", lambda x: x)
+    assert str(autocheck.derivative(torch.sinc)) == "1"
+    registration.undo()
+    assert str(autocheck.derivative(torch.sinc)) == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # override=True: no warning
+        with autocheck.register_torch_op("aten::sinc", lambda x: 2 * x, override=True):
+            assert str(autocheck.derivative(torch.sinc)) == "2"
+    assert str(autocheck.derivative(torch.sinc)) == before
