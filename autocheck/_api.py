@@ -181,7 +181,15 @@ def check_module(module: torch.nn.Module, *inputs: Any, **options: Any) -> Repor
     run_module.__autocheck_directional__ = True  # type: ignore[attr-defined]
     run_module.__autocheck_module_inputs__ = len(moving)  # type: ignore[attr-defined]
     tensors = [inputs[k] for k in moving] + [p.detach() for _, p in parameters]
-    return check_grad(run_module, *tensors, **options)
+    # Running the module updates its buffers (batch norm's running statistics in training
+    # mode): they are put back as they were.
+    buffers = [(b, b.detach().clone()) for _, b in module.named_buffers()]
+    try:
+        return check_grad(run_module, *tensors, **options)
+    finally:
+        with torch.no_grad():
+            for buffer, before in buffers:
+                buffer.copy_(before)
 
 
 def assert_module_grads(module: torch.nn.Module, *inputs: Any, **options: Any) -> Report:

@@ -180,14 +180,17 @@ def structural_faults(
     """
     faults = []
     leaves = [x.detach().clone().requires_grad_(True) for x in values]
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    packed: list[torch.Tensor] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        saved.append((t, t.detach().clone()))
+        packed.append(t)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = _output(f, leaves)
+    # Copied once the forward is over: it may update what it saved itself (batch norm's
+    # running statistics in training mode); only what backward changes is a fault.
+    saved = [(t, t.detach().clone()) for t in packed]
     v = v.expand(out.shape) if v.shape != out.shape else v
     first = torch.autograd.grad(out, leaves, v, retain_graph=True, allow_unused=True)
     changed = [t for t, copy in saved if t.shape == copy.shape and not _same(t.detach(), copy)]

@@ -25,8 +25,9 @@ Each operation's local rule is exact mathematics, not torch's backward formula:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import sympy
 import torch
@@ -35,11 +36,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from . import _printer, _trace
+from ._compare import step
 from ._errors import TraceError
 from ._symbolic import diff
 from ._trace import _gradient_stopped, _tracing, trace
 
-__all__ = ["Tangents", "directional"]
+__all__ = ["Run", "Tangents", "directional", "directional_at", "second_order_at"]
 
 aten = torch.ops.aten
 
@@ -60,7 +62,7 @@ _CONSTANT = {
 _LINEAR = {
     "view", "_unsafe_view", "reshape", "expand", "permute", "transpose", "t", "squeeze", "unsqueeze",
     "select", "slice", "narrow", "cat", "stack", "split", "split_with_sizes", "unbind", "flip", "roll", "repeat",
-    "diagonal", "diag_embed", "sum", "mean", "cumsum", "clone", "alias", "contiguous", "as_strided", "unfold",
+    "diagonal", "diag_embed", "sum", "mean", "cumsum", "clone", "alias", "contiguous", "unfold",
     "avg_pool1d", "avg_pool2d", "avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d",
     "reflection_pad1d", "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d",
     "replication_pad3d", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
@@ -69,10 +71,13 @@ _LINEAR = {
     "view_copy", "expand_copy", "permute_copy", "select_copy", "slice_copy", "transpose_copy", "unsqueeze_copy",
     "diagonal_copy", "unfold_copy", "alias_copy", "index", "index_select", "gather", "take", "take_along_dim",
     "embedding", "scatter", "scatter_add", "index_put", "index_add", "index_copy", "masked_select",
-    "select_scatter", "slice_scatter", "diagonal_scatter", "as_strided_scatter", "constant_pad_nd",
+    "select_scatter", "slice_scatter", "diagonal_scatter", "constant_pad_nd", "index_fill",
     "_to_copy", "to", "_reshape_alias", "neg", "broadcast_in_dim", "convert_element_type", "collapse_view",
     "split_dim", "squeeze", "expand_dims", "reshape", "rev", "slice_in_dim", "view_of", "xsum",
 }  # fmt: skip
+
+#: Linear operations that write a constant (a padding value, a fill value): its position.
+_WRITES_VALUE = {"constant_pad_nd": 2, "scatter": 3, "index_fill": 3}
 
 #: Of the linear operations, those linear in some of their tensor arguments only (by
 #: position among the flattened arguments); the others are held at their values.
@@ -96,6 +101,18 @@ _POOLED = {"max_pool2d_with_indices": 2, "max_pool3d_with_indices": 3, "adaptive
            "adaptive_max_pool3d": 3, "fractional_max_pool2d": 2}
 
 
+class Run(NamedTuple):
+    """One forward-mode run: the output, its tangents ``[K, *out.shape]``, their magnitudes
+    ``[2K, *out.shape]`` (see :meth:`Tangents.magnitude`), how many operations carried a
+    tangent, and the largest unit roundoff among the values that carried one."""
+
+    out: torch.Tensor
+    tangents: torch.Tensor
+    magnitudes: torch.Tensor
+    operations: int
+    roundoff: float
+
+
 def _name(func: torch._ops.OpOverload) -> str:
     return func._schema.name.split("::")[1]
 
@@ -109,16 +126,20 @@ class Tangents(TorchDispatchMode):
         self.directions = directions
         self._known: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.operations = 0  # operations that carried a tangent
+        self.roundoff = 0.0  # the largest unit roundoff of a value that carried one (a float32 leg)
         self._depth = 0
 
     # -- bookkeeping ------------------------------------------------------------------------
 
     def seed(self, value: torch.Tensor, tangent: torch.Tensor) -> None:
         """Give an input its tangents ``[K, *value.shape]``."""
-        self._set(value, tangent.to(_F64), tangent.to(_F64).abs())
+        tangent = tangent.to(_F64)
+        self._set(value, tangent, torch.cat([tangent.abs(), torch.zeros_like(tangent)]))
 
     def _set(self, value: torch.Tensor, tangent: torch.Tensor, magnitude: torch.Tensor) -> None:
         self._known[id(value)] = (value, tangent, magnitude)
+        if value.is_floating_point():
+            self.roundoff = max(self.roundoff, torch.finfo(value.dtype).eps / 2)
 
     def _drop(self, value: torch.Tensor) -> None:
         self._known.pop(id(value), None)
@@ -134,9 +155,12 @@ class Tangents(TorchDispatchMode):
         return torch.zeros((self.directions, *value.shape), dtype=_F64, device=value.device)
 
     def magnitude(self, value: torch.Tensor) -> torch.Tensor:
+        """``[2K, *shape]``: per direction, the size of the tangent's computation (the same sums
+        with every term in magnitude), then how far a kink on the way leaves the tangent open
+        (where a local derivative jumps at the point itself: relu at 0, clamp at its bound)."""
         if self.carries(value):
             return self._known[id(value)][2]
-        return torch.zeros((self.directions, *value.shape), dtype=_F64, device=value.device)
+        return torch.zeros((2 * self.directions, *value.shape), dtype=_F64, device=value.device)
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -183,14 +207,16 @@ class Tangents(TorchDispatchMode):
         target = args[0]
         if target._base is not None or any(entry[0]._base is target for entry in self._known.values()):
             raise TraceError(
-                f"{func} writes in place into a tensor that shares memory with another (a view, or one with "
-                "views): the directional check follows values, not memory. Write it out of place "
-                f"({base}(...) instead of {base}_(...))"
+                f"f writes in place into a tensor that shares memory with another ({func}: a write through a view "
+                "such as y[:, 0] = ... or y[:, 0] *= 3, or into a tensor that has views): the directional check "
+                "follows values, not memory. Build the result out of place (torch.cat, torch.where, index_put), "
+                "or check the function at 100 input elements or fewer"
             )
         if base == "copy":
             source = args[1]
             shape = (self.directions, *target.shape)
-            tangent, magnitude = self.tangent(source).expand(shape).clone(), self.magnitude(source).expand(shape).clone()
+            tangent = self.tangent(source).expand(shape).clone()
+            magnitude = self.magnitude(source).expand((2 * self.directions, *target.shape)).clone()
             out = func(*args, **kwargs)
             self._set(target, tangent, magnitude) if self.carries(source) else self._drop(target)
             return out
@@ -263,6 +289,8 @@ def _rule(func: torch._ops.OpOverload, base: str) -> Callable[..., None] | None:
         return _product
     if base in _LINALG:
         return _LINALG[base]
+    if base == "nan_to_num":
+        return _finite_only
     if base in _LINEAR:
         return _linear
     if base in _LINEAR_IN:
@@ -337,8 +365,15 @@ def _linear(mode: Tangents, func, args, kwargs, out) -> None:
         for i, t in zip(carried, ts):
             new[i] = t
         a, k = tree_unflatten(new, spec)
-        if name == "constant_pad_nd":
-            a = (*a[:2], 0.0)  # the padding value is a constant
+        if name in _WRITES_VALUE:  # the value written is a constant: the tangent gets 0 there
+            position = _WRITES_VALUE[name]
+            if len(a) > position and not isinstance(a[position], torch.Tensor):
+                a = (*a[:position], 0.0, *a[position + 1:])
+            k = {**k, "value": 0.0} if "value" in k else k
+        if name == "embedding" and len(a) > 2 and a[2] is not None and a[2] >= 0:
+            t = a[0].clone()
+            t[a[2]] = 0.0  # the padding row is a constant: torch documents no gradient for it
+            a = (t, *a[1:])
         return func(*a, **k)
 
     tangent = _each(apply, *[mode.tangent(leaves[i]) for i in carried])
@@ -424,6 +459,12 @@ def _ties_even(mode: Tangents, func, args, kwargs, out) -> None:
     mode._set(out, _each(share, mode.tangent(source)), _each(share, mode.magnitude(source)))
 
 
+def _finite_only(mode: Tangents, func, args, kwargs, out) -> None:
+    """nan_to_num: the input where it is finite, a constant elsewhere."""
+    finite = torch.isfinite(args[0]).to(_F64)
+    mode._set(out, mode.tangent(args[0]) * finite, mode.magnitude(args[0]) * finite)
+
+
 def _variance(mode: Tangents, func, args, kwargs, out) -> None:
     """prims.var(x, dims, correction): d var = 2 / (n - correction) * sum((x - mean) * dx)."""
     source, dims = args[0], args[1]
@@ -432,7 +473,8 @@ def _variance(mode: Tangents, func, args, kwargs, out) -> None:
     n = 1
     for d in dims:
         n *= source.shape[d]
-    centred = (source.to(_F64) - source.to(_F64).mean(dim=dims, keepdim=True)) * (2.0 / max(n - correction, 0))
+    factor = 2.0 / (n - correction) if n > correction else math.nan  # torch's value is inf or nan there
+    centred = (source.to(_F64) - source.to(_F64).mean(dim=dims, keepdim=True)) * factor
 
     def along(t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return (t * weights).sum(dim=dims)
@@ -492,7 +534,7 @@ def _solution(mode: Tangents, func, args, kwargs, out) -> None:
     left = kwargs.get("left", args[2] if len(args) > 2 else True)
     x = out[0].to(_F64)
     inverse = torch.linalg.inv(a)
-    vector = b.ndim == a.ndim - 1
+    vector = b.ndim == 1 or (b.ndim == a.ndim - 1 and b.shape == a.shape[:-1])  # torch's rule
     xm = x.unsqueeze(-1) if vector else x
 
     def change(ta: torch.Tensor, tb: torch.Tensor, absolute: bool) -> torch.Tensor:
@@ -582,18 +624,36 @@ def _pointwise(mode: Tangents, func, args, kwargs, out) -> None:
     carried = [j for j, i in enumerate(tensors) if mode.carries(leaves[i])]
     key = tuple(("tensor", leaves[i].is_floating_point() or leaves[i].dtype == torch.bool) if i in tensors
                 else _hashable(a) for i, a in enumerate(leaves))
-    partials = _partials(func, spec, key, tuple(carried), _trace.rule_registrations)
+    partials, jumps = _partials(func, spec, key, tuple(carried), _trace.rule_registrations)
     values = [leaves[i].to(_F64) for i in tensors]
-    locals_ = partials(*values)
-    shape = (mode.directions, *out.shape)
+    locals_ = [p.to(_F64) for p in partials(*values)]
+    open_ = [None] * len(locals_)
+    if jumps:
+        # A local derivative that jumps at the point itself (relu at 0, clamp at its bound,
+        # abs at 0): any value between the one-sided ones is a valid choice (torch documents
+        # its own). Take the middle, and keep the half-width: the judgement allows it.
+        below, above = list(values), list(values)
+        for j in carried:
+            below[j], above[j] = step(values[j], -2.0, _F64), step(values[j], 2.0, _F64)
+        lows = [p.to(_F64) for p in partials(*below)]
+        highs = [p.to(_F64) for p in partials(*above)]
+        for n, (low, high) in enumerate(zip(lows, highs)):
+            kink = torch.isfinite(low) & torch.isfinite(high) & (low != high)
+            if bool(kink.any()):
+                locals_[n] = torch.where(kink, (low + high) / 2, locals_[n])
+                open_[n] = torch.where(kink, (high - low).abs() / 2, 0.0)
+    k = mode.directions
     tangent = magnitude = None
-    for j, p in zip(carried, locals_):
-        p = p.to(_F64)
-        t = _align(mode.tangent(leaves[tensors[j]]), out.ndim) * p
-        m = _align(mode.magnitude(leaves[tensors[j]]), out.ndim) * p.abs()
+    for n, (j, p) in enumerate(zip(carried, locals_)):
+        t_in = _align(mode.tangent(leaves[tensors[j]]), out.ndim)
+        m_in = _align(mode.magnitude(leaves[tensors[j]]), out.ndim)
+        t = t_in * p
+        m = m_in * p.abs()
+        if open_[n] is not None:  # the kink's half-width times the tangent, to the second half
+            m = m + torch.cat([torch.zeros_like(t_in.abs() * open_[n]), t_in.abs() * open_[n]])
         tangent = t if tangent is None else tangent + t
         magnitude = m if magnitude is None else magnitude + m
-    mode._set(out, tangent.expand(shape), magnitude.expand(shape))
+    mode._set(out, tangent.expand((k, *out.shape)), magnitude.expand((2 * k, *out.shape)))
 
 
 def _align(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -610,12 +670,16 @@ def _hashable(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
+#: Functions in a local derivative that may jump at the point itself.
+_JUMPS = (sympy.Heaviside, sympy.sign, sympy.Piecewise, sympy.Min, sympy.Max, sympy.floor, sympy.ceiling, sympy.frac)
+
+
 @functools.lru_cache(maxsize=1024)
 def _partials(func: torch._ops.OpOverload, spec: Any, key: tuple, carried: tuple[int, ...],
-              registrations: int) -> Callable[..., Any]:
+              registrations: int) -> tuple[Callable[..., Any], bool]:
     """The local partial derivatives of an elementwise operation with these constant
     arguments, by the tensor arguments at ``carried``, compiled to torch (again after a
-    rule is registered: ``registrations`` counts them)."""
+    rule is registered: ``registrations`` counts them); and whether one may jump."""
     tensors = [i for i, k in enumerate(key) if isinstance(k, tuple) and k and k[0] == "tensor"]
     constants = {i: k[1] for i, k in enumerate(key) if i not in tensors}
 
@@ -633,7 +697,8 @@ def _partials(func: torch._ops.OpOverload, spec: Any, key: tuple, carried: tuple
     expr = traced.output.reshape(-1)[0]
     symbols = [s.reshape(-1)[0] for s in traced.symbols]
     derivatives = [diff(sympy.sympify(expr), symbols[j]) for j in carried]
-    return _printer.to_torch(derivatives, symbols)
+    jumps = any(d.has(*_JUMPS) for d in derivatives)
+    return _printer.to_torch(derivatives, symbols), jumps
 
 
 # --------------------------------------------------------------------------------------
@@ -643,7 +708,7 @@ def _partials(func: torch._ops.OpOverload, spec: Any, key: tuple, carried: tuple
 
 def directional(
     f: Callable[..., Any], values: Sequence[torch.Tensor], directions: Sequence[torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+) -> Run:
     """Run ``f`` at ``values`` (as float64 copies) with tangents ``directions`` (``[K, *shape]``
     per input). Returns the output, its tangents ``[K, *out.shape]``, their magnitudes, and
     how many operations carried a tangent."""
@@ -653,7 +718,7 @@ def directional(
 
 def directional_at(
     f: Callable[..., Any], inputs: Sequence[Any], seeds: Sequence[tuple[torch.Tensor, torch.Tensor]], k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+) -> Run:
     """:func:`directional` with the inputs given as they are (integer targets included) and
     tangents for some of them: ``seeds`` pairs an input object with its ``[K, *shape]`` tangent."""
     mode = Tangents(k)
@@ -661,15 +726,26 @@ def directional_at(
         mode.seed(x, d)
     with _tracing(False), mode:  # grad mode as autograd runs f; a custom Function's forward counts
         out = f(*inputs)
+    return Run(_followed(out, mode), mode.tangent(out), mode.magnitude(out), mode.operations, mode.roundoff)
+
+
+def _followed(out: Any, mode: Tangents) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"f returned {type(out).__name__}, not a tensor; return a tensor computed from the inputs")
-    return out.detach(), mode.tangent(out), mode.magnitude(out), mode.operations
+    if not mode.carries(out) and out.is_floating_point():
+        raise TraceError(
+            "f's output does not depend on its inputs through torch operations that the directional check can "
+            "follow: it is a constant, or a custom autograd.Function computes its forward outside torch (numpy, "
+            ".item(), .tolist()). Write the forward with torch operations, or check at 100 input elements or "
+            "fewer with reference= giving the mathematics"
+        )
+    return out.detach()
 
 
 def second_order_at(
     f: Callable[..., Any], inputs: Sequence[Any], seeds: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     k: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+) -> Run:
     """Mixed second directional derivatives ``d2/ds dt f(x + s u + t w)`` along ``K`` directions
     ``u`` and one ``w``: forward mode over forward mode. ``seeds`` holds ``(input, u [K, *shape],
     w [*shape])``. The inner mode carries the derivative along ``w``; every operation it runs
@@ -677,7 +753,7 @@ def second_order_at(
     which differentiates it along ``u``.
 
     Returns the output, the mixed derivatives ``[K, *out.shape]``, their magnitudes, and how
-    many operations carried a derivative in both modes.
+    many operations carried a derivative in both modes (a :class:`Run`).
     """
     outer, inner = Tangents(k), Tangents(1)
     for x, u, _ in seeds:
@@ -686,8 +762,6 @@ def second_order_at(
         inner.seed(x, w[None])  # along w; a constant for the outer mode
     with _tracing(False), outer, inner:
         out = f(*inputs)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"f returned {type(out).__name__}, not a tensor; return a tensor computed from the inputs")
     along_w = inner.tangent(out)  # [1, *out.shape]
-    return (out.detach(), outer.tangent(along_w)[:, 0], outer.magnitude(along_w)[:, 0],
-            outer.operations + inner.operations)
+    return Run(_followed(out, inner), outer.tangent(along_w)[:, 0], outer.magnitude(along_w)[:, 0],
+               outer.operations + inner.operations, max(outer.roundoff, inner.roundoff))

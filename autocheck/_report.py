@@ -72,6 +72,89 @@ class Report:
     def __str__(self) -> str:
         return format_report(self)
 
+    def format(self) -> str:
+        """The report as text: headline, counts, worst points, formula, reproduce line (``str(report)``)."""
+        return format_report(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (see :meth:`to_json` for the layout)."""
+        return {
+            "schema": "autocheck.report",
+            "version": JSON_VERSION,
+            "ok": self.ok,
+            "function": self.function,
+            "names": list(self.names),
+            "dtype": self.dtype,
+            "device": self.device,
+            "order": self.order,
+            "checked": self.checked,
+            "failed": self.failed,
+            "skipped": dict(self.skipped),
+            "kinks": self.kinks,
+            "max_ulp": _number(self.max_ulp),
+            "max_rel": _number(self.max_rel),
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "strict": self.strict,
+            "seed": self.seed,
+            "formula": self.formula,
+            "worst": [_row_data(row) for row in self.worst],
+            "counterexample": None if self.counterexample is None else [_value_data(v) for v in self.counterexample],
+            "faults": [{"headline": f.headline, "detail": f.detail} for f in self.faults],
+            "notes": list(self.notes),
+            "reproduce": self.reproduce,
+            "timed_out": self.timed_out,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON: an object with ``"schema": "autocheck.report"`` and
+        ``"version": 1``, then the attributes above under their names (``worst`` as a list
+        of row objects with ``inputs``, ``where``, ``index``, ``autograd``, ``expected``,
+        ``upstream``, ``exact``, ``abs_error``, ``rel_error``, ``ulp_error``, ``allowed``,
+        ``failed``; ``faults`` as objects with ``headline`` and ``detail``). Numbers that are
+        not finite are the strings ``"inf"``, ``"-inf"`` and ``"nan"``, so the text is
+        strict JSON; a tensor in ``counterexample`` is a nested list."""
+        import json
+
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def _repr_html_(self) -> str:
+        """The report in a notebook: the text, the headline in green or red."""
+        import html
+
+        text = format_report(self).split("\n")
+        colour = "#1a7f37" if self.ok else "#cf222e"
+        head = f'<strong style="color: {colour}">{html.escape(text[0])}</strong>'
+        return f"<pre>{head}\n{html.escape(chr(10).join(text[1:]))}</pre>"
+
+
+#: The version of :meth:`Report.to_json`'s layout.
+JSON_VERSION = 1
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _value_data(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_value_data(v) for v in value]
+    return _number(value)
+
+
+def _row_data(row: Row) -> dict[str, Any]:
+    return {
+        "inputs": [_number(v) for v in row.inputs], "where": row.where,
+        "index": list(row.index) if row.index is not None else None,
+        "autograd": _number(row.autograd), "expected": _number(row.expected), "upstream": _number(row.upstream),
+        "exact": _number(row.exact), "abs_error": _number(row.abs_error), "rel_error": _number(row.rel_error),
+        "ulp_error": _number(row.ulp_error), "allowed": _number(row.allowed), "failed": row.failed,
+    }
+
 
 # --------------------------------------------------------------------------------------
 # Building

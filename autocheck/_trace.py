@@ -1874,8 +1874,8 @@ def _tracing(mark: bool) -> Iterator[None]:
 def function_name(f: Any) -> str:
     """How a person would write ``f``: ``torch.sigmoid``, ``MySoftplus.apply``, ``my_loss``."""
     owner = getattr(f, "__self__", None)
-    if isinstance(owner, type):
-        return f"{owner.__qualname__}.{f.__name__}"
+    if isinstance(owner, type):  # a class defined inside a function: its own name
+        return f"{owner.__qualname__.rpartition('<locals>.')[2]}.{f.__name__}"
     module = getattr(f, "__module__", None) or ""
     name = getattr(f, "__name__", None)
     qualname = getattr(f, "__qualname__", None) or name

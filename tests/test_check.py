@@ -299,3 +299,31 @@ def test_reference_with_different_arity_is_refused():
 
 def test_softplus_reference_and_functional_match():
     autocheck.assert_grad_matches(F.softplus, grid(-30.0, 0.0, 19.5, 20.5, 800.0), seed=0)
+
+
+def test_a_report_as_json_has_a_versioned_schema_and_stays_strict():
+    import json
+
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.exp(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * torch.exp(x) * 2
+
+    report = autocheck.check_grad(Wrong.apply, torch.tensor([0.0, 1.0, 800.0], dtype=torch.float64), seed=0)
+    data = json.loads(report.to_json())
+    assert (data["schema"], data["version"], data["ok"]) == ("autocheck.report", 1, False)
+    assert data["checked"] == report.checked and data["failed"] == report.failed == 2
+    row = data["worst"][0]
+    assert set(row) == {"inputs", "where", "index", "autograd", "expected", "upstream", "exact", "abs_error",
+                        "rel_error", "ulp_error", "allowed", "failed"}
+    assert row["failed"] is True and row["where"] == "d/dx"
+    assert report.format() == str(report)
+    html = report._repr_html_()
+    assert html.startswith('<pre><strong style="color: #cf222e">gradient of Wrong.apply does not match')
+    assert json.loads(json.dumps({"x": autocheck.Report.to_dict(report)["max_ulp"]}))  # no bare inf or nan

@@ -398,3 +398,100 @@ def test_an_operator_the_tracer_lacks_is_checked_by_directional_derivatives():
     # scatter has no symbolic rule; at 100 elements the check goes the directional way
     report = autocheck.assert_grad_matches(lambda x, s: x.scatter(0, UNIQUE_ROWS, s), randn(30, 2), randn(20, 2), seed=0)
     assert report.checked == 100 and "forward mode" in report.formula
+
+
+def test_kinks_on_the_way_are_accepted_and_a_wrong_value_there_is_not():
+    x = randn(20, 30)
+    x[x.abs() < 0.5] = 0.0  # many elements exactly at relu's and clamp's kinks
+    assert autocheck.check_grad(lambda x: F.relu(x).sum(1), x, seed=0).ok
+    assert autocheck.check_grad(lambda x: x.clamp(min=0).sum(0), x, seed=0).ok
+    assert autocheck.check_grad(lambda x: F.hardtanh(x, 0.0, 1.0).sum(0), x, seed=0).ok
+
+    class TwoAtZero(torch.autograd.Function):  # relu whose derivative at 0 is 2: outside [0, 1]
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * torch.where(x > 0, 1.0, torch.where(x == 0, 2.0, 0.0))
+
+    assert not autocheck.check_grad(lambda x: TwoAtZero.apply(x).sum(1), x, seed=0).ok
+
+
+def test_a_relu_network_with_zero_rows_matches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).double()
+    model[0].bias.data.zero_()
+    x = torch.zeros(8, 16, dtype=F64)
+    x[:4] = randn(4, 16)
+    assert autocheck.check_module(model, x, seed=0).ok
+
+
+def test_constants_written_by_an_operation_have_no_derivative():
+    x = randn(20, 30)
+    assert autocheck.check_grad(lambda x: x.scatter(1, torch.zeros(20, 1, dtype=torch.long), 2.0), x, seed=0).ok
+    weight = randn(50, 8)
+    ids = torch.tensor([[0, 3, 0, 7]] * 5)
+    assert autocheck.check_grad(lambda w: F.embedding(ids, w, padding_idx=0), weight, seed=0).ok
+
+
+def test_a_forward_outside_torch_is_a_clear_error():
+    import numpy as np
+
+    class NumpySin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.from_numpy(np.sin(x.detach().numpy()))
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * torch.cos(x)
+
+    with pytest.raises(autocheck.TraceError, match=r"computes its forward outside torch \(numpy"):
+        autocheck.check_grad(lambda x: NumpySin.apply(x).cumsum(1), randn(20, 30), seed=0)
+
+
+def test_batch_norm_in_training_mode_matches_and_its_buffers_are_left_alone():
+    module = nn.BatchNorm1d(30).double()
+    before = module.running_mean.clone()
+    assert autocheck.check_module(module, randn(20, 30), seed=0).ok
+    assert torch.equal(module.running_mean, before)
+
+
+def test_solve_broadcasts_its_right_hand_side():
+    a = randn(10, 4, 4) + 3 * torch.eye(4, dtype=F64)
+    assert autocheck.check_grad(torch.linalg.solve, a, randn(4, seed=1), seed=0).ok
+    assert autocheck.check_grad(torch.linalg.solve, a, randn(4, 3, seed=1), seed=0).ok
+
+
+def test_a_write_through_a_view_is_a_clear_error():
+    def f(x):
+        y = x * 2
+        y[:, 0] *= 3
+        return y
+
+    with pytest.raises(autocheck.TraceError, match=r"write through a view .* out of place"):
+        autocheck.check_grad(f, randn(20, 30), seed=0)
+
+
+def test_one_wrong_element_among_many_float32_ones_is_found():
+    class RunningSinSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.sin().cumsum(1)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            out = g.flip(1).cumsum(1).flip(1) * x.cos()
+            out.view(-1)[17] *= 0
+            return out
+
+    report = autocheck.check_grad(RunningSinSum.apply, randn(100, 300, dtype=torch.float32), seed=0)
+    assert not report.ok and report.worst[0].index == (0, 17)
