@@ -3,43 +3,74 @@
 >>> import torch, autocheck
 >>> autocheck.derivative(lambda x: x * x * torch.exp(x))
 x**2*exp(x) + 2*x*exp(x)
+
+The names below are loaded on first use, so that importing the package (as pytest does
+for its plugin, ``autocheck.pytest_plugin``) does not import torch and SymPy.
 """
 
-from ._api import assert_grad_matches as assert_grad_matches
-from ._api import assert_module_grads as assert_module_grads
-from ._api import check_grad as check_grad
-from ._api import check_module as check_module
-from ._reference import reference as reference
-from ._compare import DEFAULT_TOLERANCES as DEFAULT_TOLERANCES
-from ._errors import DeadlineExceeded as DeadlineExceeded
-from ._errors import DomainError as DomainError
-from ._errors import GradientMismatch as GradientMismatch
-from ._errors import NondeterministicFunction as NondeterministicFunction
-from ._errors import NothingChecked as NothingChecked
-from ._errors import TraceError as TraceError
-from ._errors import TranslationError as TranslationError
-from ._printer import register_sympy_function as register_sympy_function
-from ._report import Report as Report
-from ._search import Drawn as Drawn
-from ._symbolic import derivative as derivative
-from ._trace import register_torch_op as register_torch_op
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+#: Each public name, and the module that defines it.
+_WHERE = {
+    "assert_grad_matches": "._api",
+    "assert_module_grads": "._api",
+    "check_grad": "._api",
+    "check_module": "._api",
+    "reference": "._reference",
+    "DEFAULT_TOLERANCES": "._compare",
+    "DeadlineExceeded": "._errors",
+    "DomainError": "._errors",
+    "GradientMismatch": "._errors",
+    "NondeterministicFunction": "._errors",
+    "NothingChecked": "._errors",
+    "TraceError": "._errors",
+    "TranslationError": "._errors",
+    "register_sympy_function": "._printer",
+    "Report": "._report",
+    "Drawn": "._search",
+    "derivative": "._symbolic",
+    "register_torch_op": "._trace",
+}
 
-def __getattr__(name: str):
-    # autocheck.strategies imports Hypothesis; load it only when asked for.
-    if name == "strategies":
-        import importlib
 
+def __getattr__(name: str) -> Any:
+    if name == "strategies":  # imports Hypothesis
         return importlib.import_module(".strategies", __name__)
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+        globals()[name] = value  # once loaded, an ordinary attribute
+        return value
     raise AttributeError(f"module 'autocheck' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE, "strategies"])
+
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from ._api import assert_grad_matches, assert_module_grads, check_grad, check_module
+    from ._compare import DEFAULT_TOLERANCES
+    from ._errors import (
+        DeadlineExceeded, DomainError, GradientMismatch, NondeterministicFunction, NothingChecked, TraceError,
+        TranslationError,
+    )
+    from ._printer import register_sympy_function
+    from ._reference import reference
+    from ._report import Report
+    from ._search import Drawn
+    from ._symbolic import derivative
+    from ._trace import register_torch_op
 
 __all__ = [
     "DEFAULT_TOLERANCES",
     "DeadlineExceeded",
-    "Drawn",
     "DomainError",
+    "Drawn",
     "GradientMismatch",
     "NondeterministicFunction",
     "NothingChecked",

@@ -49,8 +49,9 @@ autodoc_default_options = {"show-inheritance": True}
 nitpick_ignore_regex = [
     ("py:.*", r"(torch|sympy|numpy|np|pytest|hypothesis|typing|collections\.abc)(\..*)?"),
     ("py:.*", r"(Callable|Any|Sequence|Mapping|Tolerance|Point|Trace|Implementation|optional)"),
-    # Report.worst and Report.faults hold private record types; their fields are described there.
-    ("py:class", r"autocheck\._(compare\.Row|autograd\.Fault)"),
+    # Report.worst and Report.faults hold private record types, and register_torch_op returns one;
+    # their fields and methods are described there.
+    ("py:class", r"autocheck\._(compare\.Row|autograd\.Fault|trace\.Registration)"),
     ("py:class", r"(int|float|str|bool|tuple|list|dict|None|AssertionError|TypeError|ValueError)"),
 ]
 

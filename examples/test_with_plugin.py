@@ -3,7 +3,7 @@
 Installing autocheck registers the plugin; there is nothing to import or configure. The
 ``grad_check`` fixture is ``autocheck.assert_grad_matches`` bound to a device, a dtype and the
 run's seed, and every test that uses it runs once per device (cpu, and cuda where a GPU is
-present, else skipped) and per dtype chosen on the command line.
+present) and per dtype chosen on the command line.
 
 Run::
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch  # loaded before pytester's in-process runs, which restore sys.modules after each
+
+import autocheck._api
+
+LOADED = autocheck._api  # likewise: the plugin itself loads autocheck lazily
 
 pytest_plugins = ["pytester"]
 
@@ -22,7 +27,82 @@ def test_header_shows_the_seed(pytester):
     pytester.makepyfile(SUITE)
     result = pytester.runpytest("--autocheck-seed=123", "--autocheck-examples=2")
     result.stdout.fnmatch_lines(["autocheck: seed=123 (replay with --autocheck-seed=123)"])
-    result.assert_outcomes(passed=2, skipped=2)  # cuda skipped without a GPU
+    devices = 2 if _cuda() else 1  # the CPU, and CUDA where a GPU is present: no skips either way
+    result.assert_outcomes(passed=2 * devices)
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def test_device_all_skips_cuda_without_a_gpu(pytester):
+    pytester.makepyfile(SUITE)
+    result = pytester.runpytest("--autocheck-device=all", "--autocheck-examples=2")
+    result.assert_outcomes(passed=4) if _cuda() else result.assert_outcomes(passed=2, skipped=2)
+
+
+def test_options_come_from_the_ini_file_and_the_command_line_wins(pytester):
+    pytester.makefile(".toml", pyproject="""
+        [tool.pytest.ini_options]
+        autocheck_seed = "77"
+        autocheck_dtype = ["float32", "bfloat16"]
+        autocheck_device = ["cpu"]
+        autocheck_examples = "2"
+        autocheck_strict = true
+    """)
+    pytester.makepyfile("""
+        import torch
+
+        def test_options(grad_check, autocheck_dtype):
+            report = grad_check(torch.sin)
+            assert report.seed == 77 and report.strict and report.dtype == str(autocheck_dtype).removeprefix("torch.")
+            assert report.checked < 20000  # 2 batches of points
+    """)
+    result = pytester.runpytest("-v")
+    result.stdout.fnmatch_lines(["autocheck: seed=77 *", "*test_options?cpu-float32? PASSED*", "*test_options?cpu-bfloat16? PASSED*"])
+    result.assert_outcomes(passed=2)
+    result = pytester.runpytest("-v", "--autocheck-seed=5", "--autocheck-dtype=float64")
+    result.stdout.fnmatch_lines(["autocheck: seed=5 *"])
+    result.assert_outcomes(passed=0, failed=1)  # report.seed is 5 now: the command line won
+
+
+def test_the_marker_arguments_reach_the_check_and_tests_are_marked(pytester):
+    pytester.makepyfile("""
+        import pytest, torch
+
+        @pytest.mark.autocheck(dtype="float32", rtol=1e-3, atol=1e-6, examples=2)
+        def test_marked(grad_check):
+            report = grad_check(torch.sin)
+            assert (report.dtype, report.rtol, report.atol) == ("float32", 1e-3, 1e-6)
+
+        def test_unmarked(grad_check):
+            grad_check(torch.sin, examples=2)
+
+        def test_other():
+            pass
+    """)
+    result = pytester.runpytest("-v", "--autocheck-device=cpu", "-m", "autocheck")
+    result.stdout.fnmatch_lines(["*test_marked?cpu-float32? PASSED*", "*test_unmarked?cpu-float64? PASSED*"])
+    result.assert_outcomes(passed=2, deselected=1)
+
+
+def test_a_bad_ini_value_is_a_usage_error(pytester):
+    pytester.makeini("""
+        [pytest]
+        autocheck_dtype = float128
+    """)
+    pytester.makepyfile(SUITE)
+    result = pytester.runpytest()
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*autocheck dtype 'float128' is not one of float64, float32, float16, bfloat16*"])
+
+
+def test_loading_the_plugin_imports_neither_torch_nor_sympy(pytester):
+    result = pytester.run(
+        __import__("sys").executable, "-c",
+        "import sys, autocheck.pytest_plugin; print(sorted(m for m in ('torch', 'sympy') if m in sys.modules))",
+    )
+    result.stdout.fnmatch_lines(["[[][]]"])
 
 
 def test_dtypes_and_devices_are_parametrized(pytester):
