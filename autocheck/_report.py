@@ -274,13 +274,20 @@ def _extreme(rows: Sequence[Row], dtype: Any) -> bool:
     return False
 
 
+#: Elements up to which a reproduce line writes a tensor out.
+LITERAL_ELEMENTS = 64
+
+
 def _tensor_repr(x: Any, dtype: Any) -> str:
-    if x.numel() <= 8:
+    if x.numel() <= LITERAL_ELEMENTS:
         return f"torch.tensor({x.detach().cpu().double().tolist()!r}, dtype={dtype})"
     return f"<tensor of shape {tuple(x.shape)}>"
 
 
 def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[float, ...] | None, reference: Any) -> str:
+    """One line that replays the failure. Where the function can be imported (a torch
+    function, a module's function, a custom Function's apply) and the inputs are small enough
+    to write out, it runs as it is in ``python -c``; otherwise it names ``f`` and the shapes."""
     if inputs is not None:
         tensors = [_tensor_repr(x, check.dtype) for x in inputs]
     elif counterexample is not None:
@@ -292,12 +299,50 @@ def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[f
         options.append(f"order={check.derivatives.order}")
     if check.strict:
         options.append("strict=True")
+    modules = ["torch", "autocheck"]
     if reference is not None:
-        options.append("reference=reference")
+        found = _importable(reference) if callable(reference) else None
+        options.append(f"reference={found[1]}" if found else "reference=reference")
+        modules += [found[0]] if found else []
     module_inputs = getattr(check.f, "__autocheck_module_inputs__", None)  # set by check_module
     if module_inputs is not None:  # its inputs first, then the parameters, which the module holds
         return f"autocheck.assert_module_grads({', '.join(['module', *tensors[:module_inputs], *options])})"
-    return f"autocheck.assert_grad_matches({', '.join(['f', *tensors, *options])})"
+    found = _importable(check.f)
+    call = f"autocheck.assert_grad_matches({', '.join([found[1] if found else 'f', *tensors, *options])})"
+    pasteable = found is not None and not any(t.startswith("<") for t in tensors) and "reference=reference" not in options
+    if not pasteable:
+        return call
+    imports = ", ".join(dict.fromkeys([*modules, found[0]]))
+    return f"import {imports}; {call}"
+
+
+def _importable(f: Any) -> tuple[str, str] | None:
+    """``(module to import, expression)`` that gives back ``f`` itself in a fresh process, or None
+    (a lambda, a function defined inside another, one defined in ``__main__``)."""
+    import importlib
+
+    owner = getattr(f, "__self__", None)
+    if isinstance(owner, type):  # Function.apply: through its class
+        module, path = owner.__module__, f"{owner.__qualname__}.{f.__name__}"
+    else:
+        module, path = getattr(f, "__module__", None), getattr(f, "__qualname__", None)
+    if not module or not path or "<" in path or module == "__main__":
+        return None
+    if module.startswith("torch"):  # its public name: torch.sigmoid, torch.nn.functional.gelu
+        for public in ("torch", "torch.nn.functional", "torch.special", "torch.linalg", "torch.fft"):
+            namespace = importlib.import_module(public)
+            if not isinstance(owner, type) and getattr(namespace, getattr(f, "__name__", ""), None) is f:
+                module, path = public, f.__name__
+                break
+    try:
+        value: Any = importlib.import_module(module)
+        for part in path.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError):
+        return None
+    if value is not f and value != f:
+        return None
+    return module, f"{module}.{path}"
 
 
 # --------------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ def test_failure_message_has_headline_counts_table_formula_and_reproduce_line():
     assert "(up to 0 allowed)" in message
     assert "autograd" in message and "exact" in message and "ULP" in message
     assert "Exact derivative: d/dx = x**2*exp(x) + 2*x*exp(x)" in message
-    assert "Reproduce: autocheck.assert_grad_matches(f, torch.tensor(" in message and "seed=7" in message
+    assert "autocheck.assert_grad_matches(" in message and "torch.tensor([" in message and "seed=7" in message
 
 
 def test_gradient_mismatch_is_an_assertion_error_named_autocheck():
@@ -327,3 +327,36 @@ def test_a_report_as_json_has_a_versioned_schema_and_stays_strict():
     html = report._repr_html_()
     assert html.startswith('<pre><strong style="color: #cf222e">gradient of Wrong.apply does not match')
     assert json.loads(json.dumps({"x": autocheck.Report.to_dict(report)["max_ulp"]}))  # no bare inf or nan
+
+
+def test_the_reproduce_line_raises_the_same_mismatch_when_pasted(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "my_ops.py").write_text(
+        "import torch\n\n"
+        "def softplus(x):\n"
+        "    return torch.log1p(torch.exp(x))\n\n"
+        "class MySoftplus(torch.autograd.Function):\n"
+        "    @staticmethod\n"
+        "    def forward(ctx, x):\n"
+        "        ctx.save_for_backward(x)\n"
+        "        return softplus(x)\n\n"
+        "    @staticmethod\n"
+        "    def backward(ctx, grad):\n"
+        "        (x,) = ctx.saved_tensors\n"
+        "        return grad * torch.sigmoid(-x)\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    first = subprocess.run(
+        [sys.executable, "-c", "import torch, autocheck, my_ops\n"
+         "r = autocheck.check_grad(my_ops.MySoftplus.apply, torch.linspace(-2, 2, 5, dtype=torch.float64), "
+         "reference=my_ops.softplus, seed=3)\nprint(r.reproduce)"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300, check=True,
+    )
+    line = first.stdout.strip().splitlines()[-1]
+    assert line.startswith("import torch, autocheck, my_ops; autocheck.assert_grad_matches(my_ops.MySoftplus.apply, ")
+    assert "reference=my_ops.softplus" in line and "seed=3" in line
+    replay = subprocess.run([sys.executable, "-c", line], capture_output=True, text=True, cwd=tmp_path, env=env,
+                            timeout=300)
+    assert replay.returncode == 1 and "autocheck.GradientMismatch: gradient of MySoftplus.apply" in replay.stderr

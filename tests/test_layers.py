@@ -198,9 +198,8 @@ def test_a_transposed_weight_gradient_is_named_by_parameter():
     assert not report.ok
     assert all(row.where == "d/dweight" for row in report.worst if row.failed)
     assert "d/dweight[" in str(report)
-    assert report.reproduce == (
-        "autocheck.assert_module_grads(module, <tensor of shape (5, 6)>, dtype=torch.float64, device='cpu', seed=0)"
-    )
+    assert report.reproduce.startswith("autocheck.assert_module_grads(module, torch.tensor([[")
+    assert report.reproduce.endswith("], dtype=torch.float64), dtype=torch.float64, device='cpu', seed=0)")
     with pytest.raises(autocheck.GradientMismatch, match=r"d/dweight\["):
         autocheck.assert_module_grads(MyLinear(), randn(5, 6), seed=0)
 
