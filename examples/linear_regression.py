@@ -192,6 +192,9 @@ def train(device: torch.device, epochs: int, check_every: int, bug: str) -> Fit:
     if device.type == "cuda":
         torch.cuda.manual_seed(1000)
     loss_fn = make_loss(BROADCASTS[bug])
+    # As the tutorial does: one batch of 16 points drawn (to look at) before the parameters,
+    # so that the same seed gives the tutorial's own numbers.
+    get_fake_data(16, device)
 
     w = torch.rand(1, 1, requires_grad=True, device=device)
     b = torch.zeros(1, 1, requires_grad=True, device=device)

@@ -60,6 +60,8 @@ def test_linear_regression_fits_and_verifies_every_step(device: str, tmp_path: P
 
     fitted = re.search(r"Fitted w = (?P<w>[-\d.]+) .*, b = (?P<b>[-\d.]+) ", result.stdout)
     assert fitted, explain(result)
+    if device == "cpu":  # the tutorial's own result for seed 1000 (CUDA draws other numbers)
+        assert (fitted["w"], fitted["b"]) == ("2.0501", "2.9780"), explain(result)
     assert abs(float(fitted["w"]) - 2) < 0.2, explain(result)
     assert abs(float(fitted["b"]) - 3) < 0.3, explain(result)
 
