@@ -217,7 +217,7 @@ def build_report(
         skipped=dict(verdict.skipped),
         max_ulp=verdict.max_ulp,
         max_rel=verdict.max_rel,
-        worst=[r for r in verdict.worst if r.failed] or list(verdict.worst),
+        worst=_distinct([r for r in verdict.worst if r.failed] or list(verdict.worst)),
         formula=derivatives.formula,
         rtol=check.tol.rtol,
         atol=check.tol.atol,
@@ -233,6 +233,18 @@ def build_report(
     if not report.ok:
         report.reproduce = _reproduce(check, inputs, report.counterexample, reference)
     return report
+
+
+def _distinct(rows: Sequence[Row]) -> list[Row]:
+    """The rows with each element once (a point drawn twice, or met in two batches with other
+    upstream gradients, is one row: its worst). -0.0 and 0.0 are two points."""
+    seen, kept = set(), []
+    for row in rows:
+        key = (tuple(map(repr, row.inputs)), row.where, row.index)
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept
 
 
 def _simplest(points: Sequence[tuple[float, ...]]) -> tuple[float, ...]:

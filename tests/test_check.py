@@ -360,3 +360,21 @@ def test_the_reproduce_line_raises_the_same_mismatch_when_pasted(tmp_path):
     replay = subprocess.run([sys.executable, "-c", line], capture_output=True, text=True, cwd=tmp_path, env=env,
                             timeout=300)
     assert replay.returncode == 1 and "autocheck.GradientMismatch: gradient of MySoftplus.apply" in replay.stderr
+
+
+def test_a_failing_point_met_twice_is_one_row():
+    class WrongAtZero(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return torch.where(x == 0, 2 * grad, grad)
+
+    report = autocheck.check_grad(WrongAtZero.apply, reference=lambda x: x, seed=0)  # 0 comes back every batch
+    keys = [(tuple(map(repr, r.inputs)), r.where, r.index) for r in report.worst]
+    assert not report.ok and report.worst[0].inputs in ((0.0,), (-0.0,))
+    assert len(keys) == len(set(keys)) and all(r.failed for r in report.worst)
