@@ -39,9 +39,9 @@ from . import _printer, _trace
 from ._compare import step
 from ._errors import TraceError
 from ._symbolic import diff
-from ._trace import _gradient_stopped, _tracing, trace
+from ._trace import MAX_SYMBOLIC_ELEMENTS, _gradient_stopped, _tracing, trace
 
-__all__ = ["Run", "Tangents", "directional", "directional_at", "second_order_at"]
+__all__ = ["Run", "Tangents", "directional_at", "second_order_at"]
 
 aten = torch.ops.aten
 
@@ -187,8 +187,8 @@ class Tangents(TorchDispatchMode):
                 raise TraceError(
                     f"the directional check has no rule for torch operator {func} on tensors that depend on the "
                     "inputs. Write the function with operators that decompose into supported ones, or check it at "
-                    f"{_SMALL} input elements or fewer, where autocheck traces it symbolically (a rule for it: "
-                    "autocheck.register_torch_op)"
+                    f"{MAX_SYMBOLIC_ELEMENTS} input elements or fewer, where autocheck traces it symbolically "
+                    "(a rule for it: autocheck.register_torch_op)"
                 )
             self._depth += 1
             try:
@@ -217,8 +217,12 @@ class Tangents(TorchDispatchMode):
             shape = (self.directions, *target.shape)
             tangent = self.tangent(source).expand(shape).clone()
             magnitude = self.magnitude(source).expand((2 * self.directions, *target.shape)).clone()
+            carried = self.carries(source)
             out = func(*args, **kwargs)
-            self._set(target, tangent, magnitude) if self.carries(source) else self._drop(target)
+            if carried:
+                self._set(target, tangent, magnitude)
+            else:
+                self._drop(target)
             return out
         if base in ("fill", "zero"):
             out = func(*args, **kwargs)
@@ -227,20 +231,17 @@ class Tangents(TorchDispatchMode):
         before = target.clone()
         if self.carries(target):
             self._set(before, self.tangent(target), self.magnitude(target))
-        out_of_place = getattr(aten, base).default if hasattr(getattr(aten, base, None), "default") else None
-        overload = getattr(getattr(aten, base), func._overloadname, out_of_place) if hasattr(aten, base) else None
+        packet = getattr(aten, base, None)
+        overload = getattr(packet, func._overloadname, None) or getattr(packet, "default", None)
         if overload is None:
             raise TraceError(f"the directional check has no out-of-place form of {func}")
         new_args = (before, *args[1:])
         result = overload(*new_args, **kwargs)
-        _rule(overload, base)(self, overload, new_args, kwargs, result)
+        rule(self, overload, new_args, kwargs, result)
         tangent, magnitude = self.tangent(result), self.magnitude(result)
         out = func(*args, **kwargs)
         self._set(target, tangent, magnitude)
         return out
-
-
-_SMALL = 100  # the tracer's MAX_SYMBOLIC_ELEMENTS, named in messages
 
 
 def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, dropout_mask=None, *,
@@ -706,21 +707,11 @@ def _partials(func: torch._ops.OpOverload, spec: Any, key: tuple, carried: tuple
 # --------------------------------------------------------------------------------------
 
 
-def directional(
-    f: Callable[..., Any], values: Sequence[torch.Tensor], directions: Sequence[torch.Tensor]
-) -> Run:
-    """Run ``f`` at ``values`` (as float64 copies) with tangents ``directions`` (``[K, *shape]``
-    per input). Returns the output, its tangents ``[K, *out.shape]``, their magnitudes, and
-    how many operations carried a tangent."""
-    inputs = [v.detach().to(_F64).clone() for v in values]
-    return directional_at(f, inputs, list(zip(inputs, directions)), directions[0].shape[0])
-
-
 def directional_at(
     f: Callable[..., Any], inputs: Sequence[Any], seeds: Sequence[tuple[torch.Tensor, torch.Tensor]], k: int
 ) -> Run:
-    """:func:`directional` with the inputs given as they are (integer targets included) and
-    tangents for some of them: ``seeds`` pairs an input object with its ``[K, *shape]`` tangent."""
+    """Run ``f`` at ``inputs`` (integer targets included) with tangents for some of them:
+    ``seeds`` pairs an input object with its ``[K, *shape]`` tangent."""
     mode = Tangents(k)
     for x, d in seeds:
         mode.seed(x, d)

@@ -527,12 +527,11 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     exact = _Directional(check, values, moving, second)
     out, tangents, magnitudes, operations, roundoff = exact.run(directions)
     v = cotangent(tuple(out.shape), check.dtype, check.device, generator)
-    v64 = v.to(torch.float64).cpu()
     w = [t.to(check.dtype) for t in second] if second is not None else None
     _, grads = vjp(floating_only(check.f, values), [values[i] for i in moving], order, v, w)
     flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
         torch.zeros(0, dtype=torch.float64)
-    exact.v = v64
+    exact.v = v.to(torch.float64).cpu()
     # How much rounding may move either side: rtol per unit of the computation's size (the
     # same sum with every term in magnitude), more for a longer chain of operations.
     # A leg of the code in a narrower dtype (x.float() inside a float64 function) rounds there.

@@ -188,7 +188,7 @@ def grad_check(request: pytest.FixtureRequest, autocheck_device: str, autocheck_
     deadline = _setting(config, "deadline", float)
     if deadline is not None:
         defaults["deadline"] = deadline
-    if _setting(config, "strict", bool) or config.getini("autocheck_strict"):
+    if _setting(config, "strict", bool):
         defaults["strict"] = True
     marker = request.node.get_closest_marker("autocheck")
     if marker is not None:  # the marker's options, but this run's device and dtype

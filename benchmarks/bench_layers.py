@@ -10,30 +10,18 @@ Run: python benchmarks/bench_layers.py
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import autocheck
-from _timing import machine
+from _timing import best, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_layers import (  # noqa: E402
-    TARGETS, CausalAttention, LayerNormNoAffine, MeanCrossEntropy, MyLinear, randn,
+    TARGETS, CausalAttention, LayerNormNoAffine, MeanCrossEntropy, MlpLoss, MyLinear, randn,
 )
-
-
-def best(f, runs: int = 3) -> float:
-    f()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def forward_backward(f, *inputs):
@@ -44,27 +32,12 @@ def forward_backward(f, *inputs):
     return run
 
 
-def mlp():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)).double()
-
-    class Loss(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return F.cross_entropy(self.model(x), TARGETS[:8])
-
-    return Loss()
-
-
 def main() -> None:
     x, w, b = randn(8, 4096), randn(4096, seed=1), randn(4096, seed=2)
     q, k, v = (randn(2, 8, 64, 32, seed=s) for s in range(3))
     image, kernel, bias = randn(2, 3, 32, 32), randn(8, 3, 3, 3, seed=1), randn(8, seed=2)
     logits = randn(32, 10)
-    loss = mlp()
+    loss = MlpLoss()
     batch = randn(8, 784)
     layer_norm = lambda x, w, b: F.layer_norm(x, (4096,), w, b)  # noqa: E731
     conv = lambda x, w, b: F.conv2d(x, w, b, padding=1)  # noqa: E731
@@ -87,7 +60,7 @@ def main() -> None:
     print("| layer | check, warm | forward + backward | ratio |")
     print("|---|---|---|---|")
     for name, check, floor in rows:
-        t, f = best(check), best(floor)
+        t, f = best(check, repeat=3), best(floor, repeat=3)
         print(f"| {name} | {t:.3f} s | {f * 1e3:.2f} ms | {t / f:.0f}x |")
     print()
     LayerNormNoAffine.wrong = (3, 1000)
@@ -103,7 +76,7 @@ def main() -> None:
     print("| planted bug | time to the located failure | first row |")
     print("|---|---|---|")
     for name, run in bugs:
-        t = best(run)
+        t = best(run, repeat=3)
         report = run()
         row = report.worst[0]
         assert not report.ok and row.failed

@@ -204,19 +204,20 @@ def test_a_transposed_weight_gradient_is_named_by_parameter():
         autocheck.assert_module_grads(MyLinear(), randn(5, 6), seed=0)
 
 
+class MlpLoss(nn.Module):
+    """cross_entropy of a 784-64-10 MLP (float64, seeded) on a batch of 8, parameters included."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)).double()
+
+    def forward(self, x):
+        return F.cross_entropy(self.model(x), TARGETS[:8])
+
+
 def test_mlp_loss_with_parameters_matches():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)).double()
-
-    class Loss(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return F.cross_entropy(self.model(x), TARGETS[:8])
-
-    report = autocheck.assert_module_grads(Loss(), randn(8, 784), seed=0)
+    report = autocheck.assert_module_grads(MlpLoss(), randn(8, 784), seed=0)
     assert report.checked == 8 * 784 + 784 * 64 + 64 + 64 * 10 + 10
 
 
@@ -258,15 +259,19 @@ def test_second_derivatives_of_large_tensor_functions_match():
     assert report.order == 2 and report.checked == 4 * 300 + 300 and "Hessian" in report.formula
 
 
-class DetachedBackward(torch.autograd.Function):
-    """softmax over the last dimension whose backward is right but not differentiable: it
-    detaches the saved output, so a second backward sees a constant."""
+class SavedSoftmax(torch.autograd.Function):
+    """softmax over the last dimension, saving its output for a hand-written backward."""
 
     @staticmethod
     def forward(ctx, x):
         y = torch.softmax(x, -1)
         ctx.save_for_backward(y)
         return y
+
+
+class DetachedBackward(SavedSoftmax):
+    """A backward that is right but not differentiable: it detaches the saved output, so a
+    second backward sees a constant."""
 
     @staticmethod
     def backward(ctx, g):
@@ -302,14 +307,8 @@ def test_small_tensors_are_still_checked_element_by_element():
     assert report.checked == 5 and report.formula.startswith("d/dx[0] = ")
 
 
-class DominantSoftmax(torch.autograd.Function):
-    """softmax whose backward drops the gradient wherever one entry holds more than 0.999."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.softmax(x, -1)
-        ctx.save_for_backward(y)
-        return y
+class DominantSoftmax(SavedSoftmax):
+    """A backward that drops the gradient wherever one entry holds more than 0.999."""
 
     @staticmethod
     def backward(ctx, g):
@@ -494,3 +493,15 @@ def test_one_wrong_element_among_many_float32_ones_is_found():
 
     report = autocheck.check_grad(RunningSinSum.apply, randn(100, 300, dtype=torch.float32), seed=0)
     assert not report.ok and report.worst[0].index == (0, 17)
+
+
+def test_the_numbers_docs_layers_states():
+    from autocheck import _check, _judge, _report
+
+    assert (_judge.DIRECTIONS, _judge.LOCATED, _judge.KINK_BLOCKS) == (4, 5, 64)
+    assert (_check.SYMBOLIC_SECONDS, _check.DRAWN_EXAMPLES, _report.LITERAL_ELEMENTS) == (5.0, 12, 64)
+
+
+def test_a_float32_leg_inside_a_float64_function_gets_float32_rounding():
+    report = autocheck.assert_grad_matches(lambda x: (x.float().sin().double() * x).cumsum(1), randn(20, 30), seed=0)
+    assert report.checked == 600 and "forward mode" in report.formula
