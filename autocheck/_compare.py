@@ -155,6 +155,11 @@ class Verdict:
     worst: list[Row] = field(default_factory=list)
     failing: list[tuple[float, ...]] = field(default_factory=list)  # points, for the search
     failing_index: set[int] = field(default_factory=set)  # positions in the judged batch (the first ones)
+    # Directional checks: blocks of the inputs looked at one by one, how many of them hold a
+    # wrong element, and their size (1: every element looked at, the count is exact)
+    blocks: int = 0
+    wrong_blocks: int = 0
+    block_size: int = 1
 
     def skip(self, reason: str, count: int) -> None:
         if count:
@@ -172,6 +177,9 @@ class Verdict:
         room = FAILING_POINTS - len(self.failing)
         self.failing += other.failing[:room]
         self.failing_index |= other.failing_index
+        self.blocks += other.blocks
+        self.wrong_blocks += other.wrong_blocks
+        self.block_size = max(self.block_size, other.block_size)
 
 
 def _rank(row: Row) -> tuple[bool, float]:

@@ -117,13 +117,21 @@ def _name(func: torch._ops.OpOverload) -> str:
     return func._schema.name.split("::")[1]
 
 
+#: Units in the last place by which a jittered run moves every computed value (a correct
+#: autograd rounds each by half a unit, and a library kernel by a few).
+JITTER_ULPS = 4
+
+
 class Tangents(TorchDispatchMode):
     """While active: for every tensor the code computes from the inputs given :meth:`seed`,
     its tangent along ``K`` directions and the magnitude of that tangent's computation."""
 
-    def __init__(self, directions: int) -> None:
+    def __init__(self, directions: int, jitter: torch.Generator | None = None) -> None:
         super().__init__()
         self.directions = directions
+        # Where given: every value an operation computes from the inputs is moved by up to
+        # JITTER_ULPS units in the last place (random signs), as rounding may move it
+        self.jitter = jitter
         self._known: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.operations = 0  # operations that carried a tangent
         self.roundoff = 0.0  # the largest unit roundoff of a value that carried one (a float32 leg)
@@ -200,8 +208,21 @@ class Tangents(TorchDispatchMode):
         if in_place:
             return self._in_place(func, base, rule, args, kwargs)
         out = func(*args, **kwargs)
+        if self.jitter is not None:
+            self._jitter(out, leaves)
         rule(self, func, args, kwargs, out)
         return out
+
+    def _jitter(self, out: Any, leaves: Sequence[Any]) -> None:
+        """Move the values ``out`` holds by a few units in the last place, before the rule reads
+        them: the exact side then sees values rounded otherwise than the code's own were."""
+        shared = {a.untyped_storage().data_ptr() for a in leaves if isinstance(a, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if (isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()
+                    and t.untyped_storage().data_ptr() not in shared):
+                signs = torch.randint(0, 2, t.shape, generator=self.jitter).to(device=t.device, dtype=t.dtype)
+                step = JITTER_ULPS * torch.finfo(t.dtype).eps
+                t.mul_(signs.mul_(2 * step).add_(1 - step))
 
     def _in_place(self, func, base, rule, args, kwargs):
         target = args[0]
@@ -708,11 +729,13 @@ def _partials(func: torch._ops.OpOverload, spec: Any, key: tuple, carried: tuple
 
 
 def directional_at(
-    f: Callable[..., Any], inputs: Sequence[Any], seeds: Sequence[tuple[torch.Tensor, torch.Tensor]], k: int
+    f: Callable[..., Any], inputs: Sequence[Any], seeds: Sequence[tuple[torch.Tensor, torch.Tensor]], k: int,
+    jitter: torch.Generator | None = None,
 ) -> Run:
     """Run ``f`` at ``inputs`` (integer targets included) with tangents for some of them:
-    ``seeds`` pairs an input object with its ``[K, *shape]`` tangent."""
-    mode = Tangents(k)
+    ``seeds`` pairs an input object with its ``[K, *shape]`` tangent. With ``jitter`` (a
+    generator), every value computed from the inputs is moved by a few units in the last place."""
+    mode = Tangents(k, jitter)
     for x, d in seeds:
         mode.seed(x, d)
     with _tracing(False), mode:  # grad mode as autograd runs f; a custom Function's forward counts
@@ -735,18 +758,18 @@ def _followed(out: Any, mode: Tangents) -> torch.Tensor:
 
 def second_order_at(
     f: Callable[..., Any], inputs: Sequence[Any], seeds: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    k: int,
+    k: int, jitter: torch.Generator | None = None,
 ) -> Run:
     """Mixed second directional derivatives ``d2/ds dt f(x + s u + t w)`` along ``K`` directions
     ``u`` and one ``w``: forward mode over forward mode. ``seeds`` holds ``(input, u [K, *shape],
     w [*shape])``. The inner mode carries the derivative along ``w``; every operation it runs
     to do so (the local derivatives, the sums of the chain rule) runs under the outer mode,
-    which differentiates it along ``u``.
+    which differentiates it along ``u``. ``jitter`` as for :func:`directional_at`.
 
     Returns the output, the mixed derivatives ``[K, *out.shape]``, their magnitudes, and how
     many operations carried a derivative in both modes (a :class:`Run`).
     """
-    outer, inner = Tangents(k), Tangents(1)
+    outer, inner = Tangents(k, jitter), Tangents(1)
     for x, u, _ in seeds:
         outer.seed(x, u)
     for x, _, w in seeds:

@@ -37,6 +37,8 @@ class Report:
         formula: the exact derivative, as text.
         counterexample: on failure, the input values of the simplest failing point, one per parameter.
         failing: the failing points found first (at most 256), each a tuple of input values.
+        failed_at_least: ``failed`` is a lower bound: a function of large tensors, checked
+            along directions, where the wrong elements were counted by blocks (see the notes).
         reproduce: one line of Python that replays the failure.
         timed_out: the deadline ended the check before every point was judged.
     """
@@ -65,6 +67,7 @@ class Report:
     strict: bool = False
     timed_out: bool = False
     failing: list[tuple[float, ...]] = field(default_factory=list)
+    failed_at_least: bool = False
 
     def __bool__(self) -> bool:
         return self.ok
@@ -89,6 +92,7 @@ class Report:
             "order": self.order,
             "checked": self.checked,
             "failed": self.failed,
+            "failed_at_least": self.failed_at_least,
             "skipped": dict(self.skipped),
             "kinks": self.kinks,
             "max_ulp": _number(self.max_ulp),
@@ -195,10 +199,16 @@ def build_report(
             "underflows or overflows there. For a torch built-in, the defect is in torch's backward at those inputs."
         )
     directional = not derivatives.entries and not derivatives.symbols and derivatives.input_shapes
+    at_least = bool(directional and verdict.failed and (verdict.block_size > 1 or not verdict.blocks))
     if directional and verdict.failed:
+        spread = ""
+        if verdict.blocks:
+            spread = (f"; {verdict.wrong_blocks} of {verdict.blocks} blocks of the inputs "
+                      f"({'one element' if verdict.block_size == 1 else f'up to {verdict.block_size} elements'} "
+                      "each) hold a wrong element")
         notes.append(
-            "The mismatched elements are those located by bisection from a failing direction (the worst, up to "
-            f"{LOCATED} of them): more may be wrong"
+            "The rows are the elements located by bisection from a failing direction (the worst, up to "
+            f"{LOCATED} of them){spread}" + (": the count of mismatched elements is a lower bound" if at_least else "")
         )
     if timed_out:
         notes.append(
@@ -229,6 +239,7 @@ def build_report(
         strict=check.strict,
         timed_out=timed_out,
         failing=list(verdict.failing),
+        failed_at_least=at_least,
     )
     if not report.ok:
         report.reproduce = _reproduce(check, inputs, report.counterexample, reference)
@@ -421,7 +432,8 @@ def format_report(report: Report) -> str:
         lines.append(f"{fault.headline[0].upper()}{fault.headline[1:]}: {fault.detail}")
     if report.failed or not report.ok:
         share = 100.0 * report.failed / max(total, 1)
-        lines.append(f"Mismatched elements: {report.failed} / {total} ({share:.1f}%) (up to 0 allowed)")
+        count = f"at least {report.failed}" if report.failed_at_least else f"{report.failed}"
+        lines.append(f"Mismatched elements: {count} / {total} ({share:.1f}%) (up to 0 allowed)")
     if report.worst and report.failed:
         top = report.worst[0]
         at = ", ".join(f"{n} = {_fmt(v)}" for n, v in zip(report.names, top.inputs) if v == v)

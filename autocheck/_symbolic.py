@@ -118,9 +118,9 @@ class Derivatives:
     def scalar(self) -> bool:
         return all(not s for s in self.input_shapes)
 
-    @property
+    @functools.cached_property
     def formula(self) -> str:
-        """The derivatives as text, at most four of them."""
+        """The derivatives as text, at most four of them (printed once per derivatives)."""
         if not self.entries and not self.symbols and self.input_shapes:
             if self.order == 2:
                 return "u^T H w (H the Hessian of <v, f>) along random directions u, by forward mode over forward mode"
