@@ -21,6 +21,7 @@ _WHERE = {
     "assert_module_grads": "._api",
     "check_grad": "._api",
     "check_module": "._api",
+    "verify_grads": "._api",
     "reference": "._reference",
     "DEFAULT_TOLERANCES": "._compare",
     "DeadlineExceeded": "._errors",
@@ -53,7 +54,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
-    from ._api import assert_grad_matches, assert_module_grads, check_grad, check_module
+    from ._api import assert_grad_matches, assert_module_grads, check_grad, check_module, verify_grads
     from ._compare import DEFAULT_TOLERANCES
     from ._errors import (
         DeadlineExceeded, DomainError, GradientMismatch, NondeterministicFunction, NothingChecked, TraceError,
@@ -86,4 +87,5 @@ __all__ = [
     "strategies",
     "register_sympy_function",
     "register_torch_op",
+    "verify_grads",
 ]

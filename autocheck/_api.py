@@ -1,4 +1,4 @@
-"""The public entry points: check_grad and assert_grad_matches.
+"""The public entry points: check_grad and assert_grad_matches, check_module, verify_grads.
 
 Each validates its arguments into :class:`~autocheck._check.Options` and runs one check
 (:func:`autocheck._check.run`); this module holds the signatures and their documentation.
@@ -14,6 +14,7 @@ from ._check import AUTOMATIC, options, run
 from ._errors import GradientMismatch
 from ._report import Report
 from ._search import Drawn
+from ._symbolic import names_of
 
 
 def check_grad(
@@ -199,3 +200,125 @@ def assert_module_grads(module: torch.nn.Module, *inputs: Any, **options: Any) -
     if not report.ok:
         raise GradientMismatch(str(report), report=report, counterexample=report.counterexample)
     return report
+
+
+def verify_grads(loss_fn: Callable[..., Any], params: Any, *batch: Any, **options: Any) -> Report:
+    """Verify the gradients a training step's ``loss.backward()`` left in ``.grad``.
+
+    After ``loss = loss_fn(...)`` and ``loss.backward()``, the ``.grad`` of each parameter
+    is compared with the exact gradient of the same loss at the parameters' current values
+    (by directional derivatives of ``loss_fn``'s own code: any size, no re-tracing per step).
+    Nothing is changed: not the parameters, not their ``.grad``, not a module's buffers
+    (the module runs on copies of its state, through ``torch.func.functional_call``).
+
+    ``params`` and how ``loss_fn`` is called:
+
+    * a sequence of tensors ``[w, b]``: ``loss_fn(w, b, *batch)``, rows named after
+      ``loss_fn``'s parameters;
+    * a dict ``{"w": w, "b": b}``: ``loss_fn(w, b, *batch)``, rows named by the keys;
+    * an ``nn.Module``: ``loss_fn(module, *batch)``, every parameter that requires grad,
+      rows named ``layer1.weight[3, 7]``.
+
+    The loss must be a scalar that does not change from one call to the next (dropout off).
+    Keyword arguments: ``rtol`` and ``atol`` (both, or neither for the dtype's defaults),
+    ``seed``, ``deadline``. Returns the :class:`Report`; raises
+    :class:`autocheck.GradientMismatch` where a gradient is wrong.
+
+    Example:
+        >>> import torch, autocheck
+        >>> w = torch.randn(3, 1, requires_grad=True)
+        >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+        >>> def loss_fn(w, x, y):
+        ...     return ((x @ w - y) ** 2).mean()
+        >>> loss_fn(w, x, y).backward()
+        >>> autocheck.verify_grads(loss_fn, [w], x, y, seed=0).ok
+        True
+    """
+    __tracebackhide__ = True
+    for key in options:
+        if key not in ("rtol", "atol", "seed", "deadline"):
+            raise TypeError(f"verify_grads does not take {key}=: it checks the .grad a backward left, at the "
+                            "parameters' current values (keywords: rtol, atol, seed, deadline)")
+    module = params if isinstance(params, torch.nn.Module) else None
+    if module is not None:
+        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    elif isinstance(params, dict):
+        named = list(params.items())
+    elif isinstance(params, (list, tuple)):
+        declared = names_of(loss_fn, None, len(params) + len(batch)) or ()
+        named = [(declared[k] if k < len(declared) else f"param{k}", p) for k, p in enumerate(params)]
+    else:
+        raise TypeError("params must be a list or tuple of tensors, a dict of them by name, or an nn.Module; "
+                        f"got params={params!r}")
+    if not named:
+        raise ValueError("params holds no tensor that requires grad: nothing to verify")
+    for name, p in named:
+        if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+            raise TypeError(f"params[{name!r}] must be a floating tensor, got {p!r}")
+        if p.grad is None:
+            raise ValueError(
+                f"{name}.grad is None: call loss.backward() before verify_grads, on a loss computed from these "
+                "parameters (and pass the tensors the loss used)"
+            )
+    grads = [p.grad.detach().clone() for _, p in named]
+    names = [name for name, _ in named]
+
+    # The exact side runs the loss in float64: the batch, and a module's other state (buffers,
+    # frozen parameters), are cast to the parameters' dtype where they are floating.
+    def like(value: Any, dtype: torch.dtype) -> Any:
+        return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    if module is not None:
+        whole = _LossOfModule(module, loss_fn)
+        state = [(f"module.{name}", t) for name, t in [*module.named_buffers(), *module.named_parameters()]
+                 if name not in names]
+
+        def loss_at(*tensors: torch.Tensor) -> torch.Tensor:
+            dtype = tensors[0].dtype
+            values = {key: like(t.detach(), dtype).clone() for key, t in state}  # batch norm writes its statistics
+            values.update({f"module.{name}": t for name, t in zip(names, tensors)})
+            return torch.func.functional_call(whole, values, tuple(like(b, dtype) for b in batch))
+    else:
+        def loss_at(*tensors: torch.Tensor) -> torch.Tensor:
+            return loss_fn(*tensors, *[like(b, tensors[0].dtype) for b in batch])
+
+    class StoredGradients(torch.autograd.Function):
+        """The loss, with the gradients ``.grad`` held as its backward (times the upstream gradient)."""
+
+        @staticmethod
+        def forward(ctx: Any, *tensors: torch.Tensor) -> torch.Tensor:
+            out = loss_at(*tensors)
+            if not isinstance(out, torch.Tensor) or out.dim() != 0:
+                raise ValueError(f"loss_fn must return a scalar tensor (what loss.backward() takes), got {out!r}")
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(grad * g.to(grad.dtype) for g in grads)
+
+    def stored(*tensors: torch.Tensor) -> torch.Tensor:
+        return StoredGradients.apply(*tensors)
+
+    label = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    stored.__name__ = stored.__qualname__ = label
+    stored.__autocheck_names__ = tuple(names)  # type: ignore[attr-defined]
+    stored.__autocheck_directional__ = True  # type: ignore[attr-defined]
+    report = check_grad(stored, *[p.detach() for _, p in named], **options)
+    report.reproduce = ""
+    report.notes.append("Verified: the .grad a backward left (loss.backward(), upstream gradient 1), at the "
+                        "parameters' current values")
+    if not report.ok:
+        raise GradientMismatch(str(report), report=report)
+    return report
+
+
+class _LossOfModule(torch.nn.Module):
+    """``loss_fn(module, *batch)`` as a module, for ``torch.func.functional_call``."""
+
+    def __init__(self, module: torch.nn.Module, loss_fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.module = module
+        self.loss_fn = loss_fn
+
+    def forward(self, *batch: Any) -> Any:
+        return self.loss_fn(self.module, *batch)

@@ -26,10 +26,11 @@ from ._budget import Deadline, interrupt_after
 from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
 from ._errors import DeadlineExceeded, NothingChecked, TraceError
 from ._report import Report, build_report
-from ._judge import exact_side, floating_only, judge_directional, judge_points, judge_tensor
+from ._judge import allowance, exact_side, floating_only, judge_directional, judge_points, judge_tensor
 from ._printer import POLYGAMMA_STEPS_LIMIT
 from ._search import (
-    Domain, Drawn, database_key, draw_tensors, infer_domain, parse_domain, points_in_domain, search, shrink_tensors,
+    Domain, Drawn, SearchSettings, database_key, derandomized_seed, draw_tensors, infer_domain, parse_domain,
+    points_in_domain, search, search_settings, shrink_tensors,
 )
 from ._symbolic import Derivatives, derivatives_for, directional_derivatives, names_of
 from ._trace import MAX_SYMBOLIC_ELEMENTS, default_names, function_name
@@ -188,7 +189,7 @@ class Options:
     seconds: float | None  # the judgement stops by itself after this long
     hard: float | None  # and is interrupted after this long (the function never returns)
     unseeded: bool
-    settings: Any
+    settings: SearchSettings | None  # Hypothesis's, where given or a profile is loaded
 
 
 def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, device: Any, examples: Any, seed: Any,
@@ -203,9 +204,14 @@ def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, devi
         raise TypeError(f"strict must be True or False, got strict={strict!r}")
     if settings is not None and not _is_settings(settings):
         raise TypeError(f"settings must be a hypothesis.settings object, got settings={settings!r}")
+    reference = _reference(reference)
+    search = search_settings(settings) if not given else None
     if given and domain is not None:
         raise ValueError("domain= chooses where points are drawn; it cannot be combined with explicit inputs")
-    if deadline is AUTOMATIC:  # a search stops by itself; inputs given are all checked
+    if deadline is AUTOMATIC and search is not None:  # Hypothesis's deadline is per example (batch)
+        per_batch = search.deadline
+        seconds, hard = (None, HANG_LIMIT) if per_batch is None else (per_batch * (examples or search.max_examples), None)
+    elif deadline is AUTOMATIC:  # a search stops by itself; inputs given are all checked
         seconds, hard = (None, HANG_LIMIT) if given else (DEFAULT_DEADLINE, None)
     else:
         seconds, hard = check_deadline(deadline), None
@@ -213,7 +219,25 @@ def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, devi
         hard = HARD_DEADLINE_FACTOR * seconds + HARD_DEADLINE_GRACE
     seed_ = seed if seed is not None else random.SystemRandom().randrange(2**32)
     return Options(reference, order, resolve_dtype(dtype), resolve_device(device), examples, seed_, rtol, atol,
-                   strict, seconds, hard, seed is None, settings)
+                   strict, seconds, hard, seed is None, search)
+
+
+def _reference(reference: Any) -> Any:
+    """``reference=`` as the tracer takes it: a function of tensors or a SymPy expression (a
+    formula string is parsed, as the command line does)."""
+    if reference is None or callable(reference) or isinstance(reference, sympy.Basic):
+        return reference
+    if isinstance(reference, str):
+        from ._parse import ExpressionError, parse_expression
+
+        try:
+            return parse_expression(reference).expr
+        except ExpressionError as error:
+            raise ValueError(f"reference={reference!r} is not a formula autocheck can read: {error}") from None
+    raise TypeError(
+        f"reference must be a function of tensors, a SymPy expression or a formula such as \"sin(x)\", "
+        f"got reference={reference!r}"
+    )
 
 
 def _is_settings(value: Any) -> bool:
@@ -350,7 +374,7 @@ def _check_drawn(f: Callable[..., Any], inputs: Sequence[Any], options: Options)
     name = function_name(f)
     generator = torch.Generator().manual_seed(options.seed)
     deadline = Deadline.after(options.seconds)
-    examples = options.examples or DRAWN_EXAMPLES
+    examples = options.examples or (options.settings.max_examples if options.settings is not None else DRAWN_EXAMPLES)
 
     def judged(values: list[torch.Tensor]) -> tuple[Check, Verdict, list[Fault]]:
         shapes = [tuple(v.shape) for v in values]
@@ -445,22 +469,42 @@ def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Re
             "checks elementwise functions. Pass example tensors: assert_grad_matches(f, x)."
         )
     dom = infer_domain(derivatives.forward, derivatives.symbols, parse_domain(domain, derivatives.names))
-    examples = options.examples or (options.settings.max_examples if options.settings is not None else DEFAULT_EXAMPLES)
+    hypothesis = options.settings
+    examples = options.examples or (hypothesis.max_examples if hypothesis is not None else DEFAULT_EXAMPLES)
+    key = database_key(f, name, derivatives.formula, dtype) if options.unseeded else None
+    seed = options.seed
+    if key is not None and hypothesis is not None and hypothesis.derandomize:
+        seed, key = derandomized_seed(key), None
     with _hang_limit(name, options):
         elementwise = isinstance(options.reference, sympy.Expr) or is_elementwise(f, len(derivatives.names), dtype)
         check = Check(f, name, derivatives, dtype, device, tol, options.strict, ELEMENTWISE if elementwise else POINTWISE,
-                      options.seed, Deadline.after(options.seconds))
+                      seed, Deadline.after(options.seconds))
         probe = check.points(dom, DETERMINISM_POINTS, check.generator(-3))
         check_deterministic(f, [p.to(device=device, dtype=dtype) for p in probe], name)
+        where = {"database": hypothesis.database} if hypothesis is not None else {}
         found = search(
-            check, dom, dtype, examples=examples, seed=options.seed, deadline=check.deadline,
+            check, dom, dtype, examples=examples, seed=seed, deadline=check.deadline,
             draw_batch=lambda g: check.points(dom, BULK_POINTS if elementwise else POINTWISE_POINTS, g),
-            database_key=database_key(check.f, name, derivatives.formula, dtype) if options.unseeded else None,
+            database_key=key, verbose=hypothesis is not None and hypothesis.verbose, **where,
         )
         faults = check.faults(probe)
     require_checked(found.verdict, name, f"the {found.points} points drawn from {dom.describe()}", dtype)
-    return build_report(check, found.verdict, faults, counterexample=found.counterexample, domain=dom,
-                        reference=options.reference, timed_out=found.timed_out)
+    report = build_report(check, found.verdict, faults, counterexample=found.counterexample, domain=dom,
+                          reference=options.reference, timed_out=found.timed_out)
+    if found.replayed:
+        report.notes.append("Found first among the failing examples an earlier run saved in Hypothesis's database")
+    return report
+
+
+def tolerance_band(f: Callable[..., Any], x: torch.Tensor, *, reference: Any = None,
+                   dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a plot of a function of one variable at the points ``x``: the exact derivative,
+    and how far from it a check accepts autograd's (the default tolerance of ``dtype``)."""
+    reference = _reference(reference)
+    derivatives = derivatives_for(f, reference, names_of(f, reference, None), None, dtype, 1)
+    check = Check(f, function_name(f), derivatives, dtype, torch.device("cpu"), tolerance_for(dtype, None, None),
+                  False, ELEMENTWISE, 0, Deadline.after(None))
+    return allowance(check, x)
 
 
 def _hang_limit(name: str, options: Options) -> Any:

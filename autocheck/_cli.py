@@ -1,7 +1,8 @@
 """The ``autocheck`` command: gradient checks from the terminal.
 
-``check`` compares autograd with the exact derivative, ``diff`` prints the exact
-derivative, ``plot`` draws f, both derivatives and the error in ULPs.
+``check`` runs the library's check and prints its report, ``diff`` prints the exact
+derivative, ``plot`` (:mod:`autocheck._plot`) draws f, both derivatives and the error in
+ULPs against the tolerance.
 
 Formulas are read only by :func:`autocheck._parse.parse_expression` (a whitelist over
 Python's syntax tree; nothing is evaluated). ``module:function`` imports that module, from
@@ -21,7 +22,7 @@ import shlex
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 EXAMPLES = """\
@@ -40,17 +41,18 @@ Run "autocheck COMMAND --help" for each command's options.
 
 _CHECK_EXAMPLES = """\
 examples:
-  autocheck check "x**2*exp(x)"                      # 256 seeded points, a few shown
-  autocheck check "x*x*torch.exp(x)" --dtype float32 --examples 500
+  autocheck check "x**2*exp(x)"
+  autocheck check "x*x*torch.exp(x)" --dtype float32 --examples 100
   autocheck check "atan2(y, x)" --domain "x=0.1:10" --domain "y=-1:1"
   autocheck check mypkg.ops:softplus --reference "log(1 + exp(x))"
   autocheck check mypkg.ops:softplus --reference "log(1 + exp(x))" --at x=1.5
   autocheck check "log(x)" --json
 
-Without --examples the check is a quick spot check of --points seeded points (special
-values, every magnitude, moderate values) inside the domain. With --examples N it is
-autocheck's full search: N Hypothesis examples, each with a batch of 4096 points, and a
-failure shrunk to the simplest failing input. The same --seed gives the same check.
+The check is the library's: autocheck check F --seed S draws the same points as
+autocheck.assert_grad_matches(F, seed=S) in Python (the special values, then batches of
+4096 points, 25 batches by default, within 5 seconds), shrinks a failure to the simplest
+failing input and prints the same report. --json prints Report.to_json() (schema
+"autocheck.report", version 1); what the function prints goes to stderr.
 
 A formula is parsed, never run: only numbers, variables, operators, known functions
 and `a if cond else b` are accepted. module:function imports that module, which runs
@@ -76,15 +78,8 @@ Needs matplotlib: pip install 'autocheck[plot]'.
 
 _INSTALL_MATPLOTLIB = "autocheck plot needs matplotlib, which is not installed: pip install 'autocheck[plot]'"
 
-#: Points of the spot check (without --examples).
-DEFAULT_POINTS = 256
 #: Highest --order that ``diff`` computes: SymPy's expressions grow quickly with the order.
 MAX_DIFF_ORDER = 10
-#: Simple values tried first for the table of sample points, in order of preference.
-_NICE = (-2.0, -0.5, 0.5, 1.0, 2.0, 0.0, -1.0, 3.0, 0.25, 10.0, -10.0, 100.0)
-#: For functions of several variables: coordinate j of sample point k is _NICE_ND[2k + j].
-_NICE_ND = (0.5, 1.0, -1.0, 2.0, -0.5, 1.5, 3.0, -2.0, 0.25, 0.75, -3.0, 4.0)
-_DIGITS = {"float64": 12, "float32": 8, "float16": 4, "bfloat16": 3}
 
 
 class UsageError(Exception):
@@ -120,10 +115,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                        help="1: gradients (default), 2: second derivatives")
     check.add_argument("--domain", action="append", default=[], metavar="NAME=LOW:HIGH",
                        help='interval for one variable, e.g. "x=0.1:10", "x=0:" (x >= 0); repeatable')
-    check.add_argument("--points", type=int, default=DEFAULT_POINTS,
-                       help=f"points of the spot check (default {DEFAULT_POINTS})")
     check.add_argument("--examples", type=int, default=None, metavar="N",
-                       help="run the full Hypothesis search with N examples instead of the spot check")
+                       help="batches of points to draw (default 25, as in Python: the special values, then "
+                            "batches of 4096 points)")
     check.add_argument("--at", action="append", default=[], metavar="NAME=VALUE",
                        help='check at one point only, e.g. --at x=1.5 (repeat or use "x=1,y=2" for several variables)')
     check.add_argument("--seed", type=int, default=None,
@@ -434,157 +428,6 @@ def _rounded(values: Sequence[float], dtype: Any) -> list[float]:
     return torch.tensor(list(values), dtype=torch.float64).to(dtype).to(torch.float64).tolist()
 
 
-def _finite_forward(f: Callable[..., Any], points: list[tuple[float, ...]], dtype: Any, device: Any) -> list[bool]:
-    """Whether f has a finite value at each point (evaluated one point at a time, in ``dtype``)."""
-    import torch
-
-    keep = []
-    with torch.no_grad():
-        for point in points:
-            value = f(*[torch.tensor(v, dtype=torch.float64).to(dtype=dtype, device=device) for v in point])
-            keep.append(isinstance(value, torch.Tensor) and value.numel() == 1 and bool(torch.isfinite(value).all()))
-    return keep
-
-
-def _table_points(target: _Target, domain: Any, dtype: Any, device: Any) -> list[tuple[float, ...]]:
-    """A few simple points inside the domain where f is finite: five for one variable, three for more."""
-    n = len(target.names)
-    wanted = 5 if n == 1 else 3
-    if n == 1:
-        candidates = [(v,) for v in _NICE] + [(v,) for v in _inside_values(domain.intervals[0])]
-    else:
-        candidates = [
-            tuple(_into(_NICE_ND[(2 * k + j) % len(_NICE_ND)], domain.intervals[j], k) for j in range(n))
-            for k in range(8)
-        ]
-    chosen: list[tuple[float, ...]] = []
-    for point in candidates:
-        point = tuple(_rounded(point, dtype))
-        if point in chosen or not all(lo <= v <= hi for v, (lo, hi) in zip(point, domain.intervals)):
-            continue
-        chosen.append(point)
-    finite = _finite_forward(target.f, chosen, dtype, device)
-    chosen = [p for p, ok in zip(chosen, finite) if ok][:wanted]
-    return sorted(chosen) if n == 1 else chosen
-
-
-def _inside_values(interval: tuple[float, float]) -> list[float]:
-    low, high = interval
-    if math.isfinite(low) and math.isfinite(high):
-        return [low + (high - low) * k / 6 for k in range(1, 6)] + [low, high]
-    if math.isfinite(low):
-        return [low + d for d in (0.5, 1.0, 2.0, 5.0, 10.0)] + [low]
-    if math.isfinite(high):
-        return [high - d for d in (0.5, 1.0, 2.0, 5.0, 10.0)] + [high]
-    return []
-
-
-def _into(value: float, interval: tuple[float, float], k: int) -> float:
-    """``value`` if it lies in ``interval``, else a value inside it that depends on ``k``."""
-    low, high = interval
-    if low <= value <= high:
-        return value
-    if math.isfinite(low) and math.isfinite(high):
-        return low + (high - low) * (k + 1) / 9
-    return (low if math.isfinite(low) else high) + math.copysign(abs(value), 1.0 if math.isfinite(low) else -1.0)
-
-
-def _spot_points(target: _Target, domain: Any, count: int, dtype: Any, device: Any, seed: int) -> list[Any]:
-    """``count`` seeded points inside the domain where f is not nan: special values, every
-    magnitude, moderate values (see autocheck._search.draw). One float64 column per variable."""
-    import torch
-
-    from ._search import draw
-
-    generator = torch.Generator().manual_seed(seed)
-    kept: list[list[Any]] = [[] for _ in target.names]
-    have = 0
-    for _ in range(4):
-        columns = draw(2 * count, len(target.names), dtype, domain, generator)
-        with torch.no_grad():
-            value = target.f(*[c.to(dtype=dtype, device=device) for c in columns])
-        real = ~torch.isnan(value.detach().to(torch.float64).cpu().expand(columns[0].shape))
-        for column, values in zip(kept, columns):
-            column.append(values[real])
-        have += int(real.sum())
-        if have >= count:
-            break
-    if have == 0:
-        raise UsageError(
-            f"{target.text} is nan at every point drawn from {domain.describe()}; give --domain with an interval "
-            "where it is defined"
-        )
-    return [torch.cat(c)[:count] for c in kept]
-
-
-# --------------------------------------------------------------------------------------
-# Values for the tables: f' by autograd and exactly, per point
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Row:
-    inputs: tuple[float, ...]
-    label: str
-    autograd: float
-    exact: float
-    ulp_error: float
-
-    def as_json(self, names: Sequence[str]) -> dict[str, Any]:
-        return {"inputs": dict(zip(names, self.inputs)), "derivative": self.label, "autograd": self.autograd,
-                "exact": self.exact, "ulp_error": self.ulp_error}
-
-
-def _rows(target: _Target, points: list[tuple[float, ...]], order: int, dtype: Any, device: Any) -> list[_Row]:
-    """Autograd's and the exact derivatives at each point (upstream gradient 1), and the error in ULPs.
-
-    For several variables and order 2, only the Hessian entries with i <= j are shown.
-    """
-    import torch
-
-    from ._compare import ulp
-    from ._oracle import evaluate
-
-    if not points:
-        return []
-    labels, exprs = _derivatives(target, order)
-    n = len(target.names)
-    keys = _keys(n, order)
-    columns = [torch.tensor([p[k] for p in points], dtype=torch.float64) for k in range(n)]
-    exact = torch.stack([e.expand(len(points)) for e in evaluate(exprs, target.symbols, columns)], dim=1)
-    autograd = torch.stack([_autograd_at(target.f, p, order, dtype, device) for p in points])
-    both_inf = (autograd == exact) & torch.isinf(exact)
-    error = ((autograd - exact).abs() / ulp(exact, dtype)).masked_fill(both_inf, 0.0)
-    rows = []
-    for p, point in enumerate(points):
-        for e, key in enumerate(keys):
-            if list(key) == sorted(key):
-                rows.append(_Row(point, labels[e], float(autograd[p, e]), float(exact[p, e]), float(error[p, e])))
-    return rows
-
-
-def _autograd_at(f: Callable[..., Any], point: tuple[float, ...], order: int, dtype: Any, device: Any) -> Any:
-    """All first (or second) derivatives of f at one point, by autograd, as float64 on the CPU."""
-    import torch
-
-    leaves = [torch.tensor(v, dtype=torch.float64).to(dtype=dtype, device=device).requires_grad_(True) for v in point]
-    out = f(*leaves)
-    if not isinstance(out, torch.Tensor) or out.numel() != 1:
-        raise UsageError("the function must return one value per point (an elementwise function)")
-    firsts = torch.autograd.grad(out.reshape(()), leaves, allow_unused=True, create_graph=order == 2)
-    if order == 1:
-        values = [g if g is not None else torch.zeros_like(leaf) for g, leaf in zip(firsts, leaves)]
-    else:
-        values = []
-        for g in firsts:
-            if g is None or not g.requires_grad:
-                values += [torch.zeros_like(leaf) for leaf in leaves]
-                continue
-            seconds = torch.autograd.grad(g, leaves, allow_unused=True, retain_graph=True)
-            values += [s if s is not None else torch.zeros_like(leaf) for s, leaf in zip(seconds, leaves)]
-    return torch.stack([v.detach().reshape(()).to(torch.float64).cpu() for v in values])
-
-
 # --------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------
@@ -645,41 +488,12 @@ def _number(value: float, digits: int) -> str:
     return f"{value:.{digits}g}"
 
 
-def _ulps(value: float) -> str:
-    if math.isnan(value):
-        return "nan"
-    if value == 0:
-        return "0"
-    if value < 10:
-        return f"{value:.2g}"
-    return f"{value:.2g}" if value >= 1e6 else f"{value:.0f}"
-
-
 def _input(value: float, dtype: Any) -> str:
     from ._report import shortest
 
     if not math.isfinite(value):
         return _number(value, 17)
     return repr(shortest(value, dtype))
-
-
-def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return [indent + "  ".join(c.rjust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-
-
-def _rows_table(rows: list[_Row], names: Sequence[str], dtype: Any, dtype_name: str) -> list[str]:
-    digits = _DIGITS[dtype_name]
-    several = len({r.label for r in rows}) > 1
-    header = [*names, *(["derivative"] if several else []), "autograd", "exact", "error (ULP)"]
-    body = []
-    previous = None
-    for r in rows:
-        shown = [_input(v, dtype) for v in r.inputs] if r.inputs != previous else [""] * len(names)
-        previous = r.inputs
-        body.append([*shown, *([r.label] if several else []), _number(r.autograd, digits),
-                     _number(r.exact, digits), _ulps(r.ulp_error)])
-    return _table(header, body)
 
 
 def _short_text(text: str, limit: int = 300) -> str:
@@ -689,27 +503,6 @@ def _short_text(text: str, limit: int = 300) -> str:
 # --------------------------------------------------------------------------------------
 # check
 # --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """One check as the command ran it, for the text and JSON reports."""
-
-    target: _Target
-    mode: str  # "spot", "search" or "at"
-    dtype: Any
-    device: Any
-    order: int
-    seed: int
-    domain: Any
-    report: Any
-    drawn: int
-    labels: list[str]
-    exprs: list[Any]
-    samples: list[_Row]
-    counterexample: tuple[float, ...] | None = None
-    failing: list[_Row] = field(default_factory=list)
-    reproduce: str = ""
 
 
 def _dtype_and_device(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -727,112 +520,73 @@ def _dtype_and_device(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """The library's check (the same defaults, the same points for a seed), printed."""
     dtype, device = _dtype_and_device(args)
     if args.examples is not None and args.examples < 1:
         raise UsageError(f"--examples must be a positive integer, got {args.examples}")
-    if args.points < 1:
-        raise UsageError(f"--points must be a positive integer, got {args.points}")
     if args.at and (args.examples is not None or args.domain):
         raise UsageError("--at checks one point; it cannot be combined with --examples or --domain")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    with _Progress(f"checking {args.function}"):
-        run = _run_check(args, dtype, device, seed)
-    if args.json:
-        import json
-
-        print(json.dumps(_as_json(run), indent=2))
-    else:
-        print("\n".join(_text(run)))
-    return 0 if run.report.ok else 1
-
-
-def _run_check(args: argparse.Namespace, dtype: Any, device: Any, seed: int) -> _Run:
-    import torch
-
-    from ._autograd import is_elementwise
-    from ._api import check_grad
-    from ._errors import NothingChecked
-    from ._search import infer_domain, parse_domain
-
-    target = _target(args.function, args.reference)
-    names = target.names
-    at = _parse_at(args.at, names)
-    domain = infer_domain(target.forward, target.symbols, parse_domain(_parse_domain(args.domain, names), names))
-    labels, exprs = _derivatives(target, args.order)
-    options = dict(reference=target.reference, order=args.order, dtype=dtype, device=device, seed=seed)
-    notes: list[str] = []
-    columns = None  # the spot check's points
-    if at is not None:
-        mode, table = "at", [tuple(_rounded(at, dtype))]
-        report = check_grad(target.f, *[torch.tensor(v, dtype=torch.float64) for v in table[0]], **options)
-        drawn = 1
-    elif args.examples is None and is_elementwise(target.f, len(names), dtype):
-        mode, table = "spot", _table_points(target, domain, dtype, device)
-        columns = _spot_points(target, domain, args.points, dtype, device, seed)
-        if table:  # the points shown are checked too, first
-            columns = [torch.cat([torch.tensor([p[k] for p in table], dtype=torch.float64), c])[: args.points]
-                       for k, c in enumerate(columns)]
-        drawn = int(columns[0].numel())
-        try:
-            report = check_grad(target.f, *columns, **options)
-        except NothingChecked as error:  # the spot check's inputs were drawn, not given
-            where = f"at the {drawn} points drawn from {domain.describe()}"
-            raise NothingChecked(str(error).replace("at the given inputs", where)) from None
-    else:  # the library's search (also for functions that are not elementwise over a batch)
-        if args.examples is None:
-            notes.append(f"Note: {target.text} does not act elementwise on a batch of inputs, so autocheck's "
-                         "search checked points one at a time.")
-        mode, table = "search", _table_points(target, domain, dtype, device)
-        report = check_grad(target.f, **options, examples=args.examples, domain=dict(zip(names, domain.intervals)))
-        drawn = 0
+    with _Progress(f"checking {args.function}"), _stdout_to_stderr():  # importing and tracing run user code too
+        target = _target(args.function, args.reference)
+        at = _parse_at(args.at, target.names)
+        domain = _parse_domain(args.domain, target.names)
+        report = _run_check(target, args, at, domain, dtype, device, seed)
     report.function = target.text
-    report.notes[:0] = notes
-    run = _Run(target, mode, dtype, device, args.order, seed, domain, report, drawn, labels, exprs,
-               _rows(target, table, args.order, dtype, device))
     if not report.ok:
-        run.counterexample = _counterexample(run, columns)
-        worst = []
-        for point in report.worst:
-            point_inputs = tuple(point.inputs[: len(names)])
-            if point_inputs not in worst and point_inputs != run.counterexample:
-                worst.append(point_inputs)
-        failing = [run.counterexample] + worst[:3] if run.counterexample is not None else worst[:4]
-        run.failing = _rows(target, failing, args.order, dtype, device)
-        run.reproduce = _reproduce(args, names, run.counterexample, seed)
-    return run
+        report.reproduce = _reproduce(args, target.names, report.counterexample, seed)
+    if args.json:
+        print(report.to_json())
+        return 0 if report.ok else 1
+    lines = [f"f({', '.join(target.names)}) = {target.text}"]
+    if target.reference_text is not None:
+        lines.append(f"reference: f({', '.join(target.names)}) = {target.reference_text}")
+    lines.append(report.format())
+    if report.ok:
+        lines.append(f"{_colour('MATCH', '32;1')}: autograd agrees with the exact derivative at every checked point.")
+    else:
+        lines.append(f"{_colour('MISMATCH', '31;1')}: autograd differs from the exact derivative.")
+    print("\n".join(lines))
+    return 0 if report.ok else 1
 
 
-def _counterexample(run: _Run, columns: list[Any] | None) -> tuple[float, ...] | None:
-    """The simplest failing point: the library's (shrunk by the search), or, for the spot check,
-    the simplest of the eight simplest points that fails when checked alone."""
+def _run_check(target: _Target, args: argparse.Namespace, at: tuple[float, ...] | None, domain: Any,
+               dtype: Any, device: Any, seed: int) -> Any:
     import torch
 
     from ._api import check_grad
-    from ._errors import NothingChecked
-    from ._search import simplicity
 
-    found = run.report.counterexample
-    if columns is None or found is None:
-        return tuple(found) if found is not None else None
-    # Keyed by sign too: 0.0 == -0.0, and both are as simple as can be; 0.0 is shown first.
-    distinct = {}
-    for k in range(columns[0].numel()):
-        point = tuple(float(c[k]) for c in columns)
-        distinct[tuple((v, math.copysign(1.0, v)) for v in point)] = point
-    points = sorted(distinct.values(), key=lambda p: (simplicity(p), [math.copysign(1.0, v) < 0 for v in p]))
-    for point in points[:8]:
-        if simplicity(point) >= simplicity(tuple(found)):
-            break
+    options = dict(reference=target.reference, order=args.order, dtype=dtype, device=device, seed=seed)
+    if at is not None:
+        return check_grad(target.f, *[torch.tensor(v, dtype=torch.float64) for v in at], **options)
+    return check_grad(target.f, examples=args.examples, domain=domain, **options)
+
+
+class _stdout_to_stderr:
+    """While a check runs, what the user's code prints goes to stderr (Python's print and
+    writes to file descriptor 1 alike), so stdout holds only the report."""
+
+    def __enter__(self) -> "_stdout_to_stderr":
+        import contextlib
+
+        sys.stdout.flush()
+        self.saved = None
         try:
-            alone = check_grad(
-                run.target.f, *[torch.tensor(v, dtype=torch.float64) for v in point], reference=run.target.reference,
-                order=run.order, dtype=run.dtype, device=run.device, seed=run.seed,
-            )
-        except NothingChecked:  # a pole or a point outside the domain: nothing to show there
-            continue
-        if not alone.ok:
-            return point
-    return tuple(found)
+            if sys.stdout.fileno() == 1:
+                self.saved = os.dup(1)
+                os.dup2(2, 1)
+        except (OSError, ValueError, AttributeError):  # no file descriptor behind sys.stdout (captured)
+            self.saved = None
+        self.redirect = contextlib.redirect_stdout(sys.stderr)
+        self.redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.redirect.__exit__(*exc)
+        if self.saved is not None:
+            sys.stdout.flush()
+            os.dup2(self.saved, 1)
+            os.close(self.saved)
 
 
 def _reproduce(args: argparse.Namespace, names: Sequence[str], point: tuple[float, ...] | None, seed: int) -> str:
@@ -851,95 +605,10 @@ def _reproduce(args: argparse.Namespace, names: Sequence[str], point: tuple[floa
     if point is not None:
         dtype = resolve_dtype(args.dtype)
         words += ["--at", ",".join(f"{n}={_input(v, dtype)}" for n, v in zip(names, point))]
+    elif args.at:
+        words += ["--at", ",".join(args.at)]
     words += ["--seed", str(seed)]
     return " ".join(shlex.quote(w) for w in words)
-
-
-def _text(run: _Run) -> list[str]:
-    report = run.report
-    target = run.target
-    names = target.names
-    dtype_name = report.dtype
-    variables = ", ".join(names)
-    lines = [f"f({variables}) = {target.text}"]
-    if target.reference_text is not None:
-        lines.append(f"reference: f({variables}) = {target.reference_text}")
-    shown = [(label, expr) for label, expr, key in zip(run.labels, run.exprs, _keys(len(names), run.order))
-             if list(key) == sorted(key)]
-    width = max(len(label) for label, _ in shown)
-    lines += [f"{label.ljust(width)} = {_short_text(str(expr))}" for label, expr in shown]
-    lines.append("")
-    if run.samples:
-        lines += _rows_table(run.samples, names, run.dtype, dtype_name)
-        lines.append("")
-    unit = "points" if len(names) == 1 else f"gradient elements ({len(names)} per point)"
-    skipped = sum(report.skipped.values())
-    where = f"({dtype_name}, {report.device}; {run.domain.describe()})"
-    if run.mode == "spot":
-        counts = f"Checked {report.checked} of {report.checked + skipped} {unit} drawn with seed {run.seed} {where}"
-    elif run.mode == "search":
-        counts = f"Checked {report.checked} {unit} in a Hypothesis search with seed {run.seed} {where}"
-    else:
-        counts = f"Checked {report.checked} of {report.checked + skipped} gradient elements at the given point"
-        counts += f" {where}"
-    if skipped:
-        counts += "; skipped " + ", ".join(f"{k} ({why})" for why, k in report.skipped.items() if k)
-    lines.append(counts + ".")
-    lines.append(f"Tolerance: rtol={report.rtol:.2g} of the size of the derivative's terms, atol={report.atol:.2g}.")
-    lines += [note for note in report.notes if not note.startswith("Domain:")]
-    if report.ok:
-        verdict = _colour("MATCH", "32;1")
-        lines.append(f"{verdict}: autograd agrees with the exact derivative at every checked point.")
-        return lines
-    share = 100.0 * report.failed / max(report.checked, 1)
-    lines.append(
-        f"{_colour('MISMATCH', '31;1')}: autograd differs from the exact derivative at {report.failed} of "
-        f"{report.checked} {unit.split(' (')[0]} ({share:.1f}%)."
-    )
-    if run.counterexample is not None:
-        at = ", ".join(f"{n} = {_input(v, run.dtype)}" for n, v in zip(names, run.counterexample))
-        lines.append(_colour(f"Counterexample: {at}", "1"))
-    if run.failing and run.mode != "at":
-        lines.append("Failing points (counterexample first):")
-        lines += _rows_table(run.failing, names, run.dtype, dtype_name)
-    lines.append(f"Reproduce: {run.reproduce}")
-    return lines
-
-
-def _as_json(run: _Run) -> dict[str, Any]:
-    report = run.report
-    names = run.target.names
-    data = asdict(report)
-    data.update(
-        command="check",
-        target=run.target.text,
-        reference=run.target.reference_text,
-        verdict="match" if report.ok else "mismatch",
-        exit_status=0 if report.ok else 1,
-        mode=run.mode,
-        points=run.drawn,
-        seed=run.seed,
-        domain={n: list(interval) for n, interval in zip(names, run.domain.intervals)},
-        derivatives={label: str(expr) for label, expr in zip(run.labels, run.exprs)},
-        samples=[r.as_json(names) for r in run.samples],
-        counterexample=dict(zip(names, run.counterexample)) if run.counterexample is not None else None,
-        failing=[r.as_json(names) for r in run.failing],
-        reproduce=run.reproduce,
-        reproduce_python=report.reproduce if run.mode != "spot" else "",
-    )
-    data["worst"] = [dict(asdict(p), exact=p.exact, inputs=dict(zip(names, p.inputs))) for p in report.worst]
-    return _finite(data)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no inf or nan: write them as the strings "inf", "-inf", "nan"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------
@@ -997,19 +666,15 @@ def _print_derivatives(args: argparse.Namespace, expr: Any, symbols: list[Any], 
 
 
 def _plot(args: argparse.Namespace) -> int:
+    """Resolve the target and the range; the drawing is :func:`autocheck._plot.plot`."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
         print(_INSTALL_MATPLOTLIB, file=sys.stderr)
         return 2
-    import torch
-
-    from ._autograd import is_elementwise
-    from ._compare import ulp
-    from ._oracle import evaluate
+    from ._plot import plot
 
     low, high = args.range
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
@@ -1021,58 +686,10 @@ def _plot(args: argparse.Namespace) -> int:
     if len(target.names) != 1:
         raise UsageError(f"plot draws functions of one variable; {args.function} has {len(target.names)} "
                          f"({', '.join(target.names)})")
-    name = target.names[0]
-    x = torch.linspace(low, high, args.points, dtype=torch.float64).to(dtype).to(torch.float64)
-    leaf = x.to(dtype=dtype, device=device).clone().requires_grad_(True)
-    if is_elementwise(target.f, 1, dtype):
-        y = target.f(leaf)
-        (grad,) = torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
-        grad = torch.zeros_like(leaf) if grad is None else grad
-        values, autograd = y.detach(), grad.detach()
-    else:  # one point at a time
-        values = torch.stack([target.f(v.detach()).detach().reshape(()) for v in leaf])
-        autograd = torch.stack([_autograd_at(target.f, (float(v),), 1, dtype, device)[0] for v in x])
-    values = values.to(torch.float64).cpu()
-    autograd = autograd.to(torch.float64).cpu()
-    (exact,) = evaluate(_derivatives(target, 1)[1], target.symbols, [x])
-    exact = exact.expand(x.shape)
-    same = autograd == exact  # equal infinities included
-    errors = ((autograd - exact).abs() / ulp(exact, dtype)).masked_fill(same, 0.0)
-    xs = x.numpy()
-    figure, (top, middle, bottom) = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
-    top.plot(xs, values.numpy(), color="black", label=f"f({name}) = {_short_text(target.text, 60)}")
-    top.set_ylabel(f"f({name})")
-    top.legend(loc="best")
-    middle.plot(xs, exact.numpy(), color="tab:blue", linewidth=3, alpha=0.6, label=f"exact f'({name})")
-    middle.plot(xs, autograd.numpy(), color="tab:orange", linestyle="--", label=f"autograd f'({name})")
-    middle.set_ylabel(f"f'({name})")
-    middle.legend(loc="best")
-    bottom.plot(xs, errors.numpy(), color="tab:red", linewidth=1, label=f"|autograd - exact| in ULPs of {args.dtype}")
-    bottom.set_yscale("symlog", linthresh=1.0)
-    finite = errors[torch.isfinite(errors)]
-    # Whole decades from 0 up, at most about eight labelled, even for a narrow band of errors.
-    decades = max(1, math.ceil(math.log10(max(float(finite.max()) if finite.numel() else 1.0, 1.0) * 2)))
-    step = math.ceil(decades / 8)
-    bottom.set_yticks([0.0] + [10.0**k for k in range(0, decades + 1, step)])
-    bottom.set_ylim(0.0, 10.0**decades)
-    if dtype is torch.float64:
-        bottom.set_title("float64: errors of a few ULP are within the exact values' own accuracy",
-                         fontsize=8, color="0.4", loc="left")
-    bottom.set_xlabel(name)
-    bottom.set_ylabel("error (ULP)")
-    bottom.legend(loc="best")
-    figure.suptitle(f"autocheck: gradient of {_short_text(target.text, 60)} ({args.dtype}, {device})")
-    figure.tight_layout()
     try:
-        figure.savefig(args.output, dpi=100)
+        summary = plot(target.f, target.text, target.names[0], low, high, args.points, args.output,
+                       reference=target.reference, dtype=dtype, device=device)
     except OSError as error:
         raise UsageError(f"cannot write {args.output}: {error}") from None
-    finally:
-        plt.close(figure)
-    if finite.numel():
-        k = int(torch.argmax(torch.where(torch.isfinite(errors), errors, -1.0)))
-        worst = f"largest error {_ulps(float(finite.max()))} ULP at {name} = {_input(float(x[k]), dtype)}"
-    else:
-        worst = "no finite errors"
-    print(f"wrote {args.output}: f, exact and autograd f', error in ULPs at {args.points} points; {worst}")
+    print(f"wrote {args.output}: {summary}")
     return 0

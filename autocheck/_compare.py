@@ -117,20 +117,23 @@ class Row:
 
     inputs: tuple[float, ...]  # the point: one value per parameter (tensor inputs: the element's own value)
     where: str  # which gradient: "d/dx", "d/dw[0, 1]", ...
-    autograd: float  # what autograd put in .grad (the upstream gradient included)
-    expected: float  # the exact value of the same quantity
+    # Autograd's derivative and the exact one. Where the element had its own upstream
+    # gradient v (``upstream``: order 1, elementwise), per unit of it: x.grad / v. Else
+    # x.grad itself (a function of tensors: the vector-Jacobian product) and its exact value.
+    autograd: float
+    expected: float
     upstream: float | None  # the upstream gradient v of this element (order 1), else None
-    abs_error: float
+    abs_error: float  # |autograd - expected|, in the same units
     rel_error: float
-    ulp_error: float
-    allowed: float
+    ulp_error: float  # in units in the last place of x.grad as the dtype holds it
+    allowed: float  # the largest abs_error that passes, in the same units
     failed: bool
     index: tuple[int, ...] | None = None  # the element's index in its tensor input
 
     @property
     def exact(self) -> float:
-        """The exact derivative itself (the upstream gradient divided out where there is one)."""
-        return self.expected / self.upstream if self.upstream else self.expected
+        """The exact derivative (the same as ``expected``)."""
+        return self.expected
 
 
 #: Rows a judgement keeps: the failing ones first, then the largest errors.
@@ -422,10 +425,12 @@ def _row(elements: Elements, index: torch.Tensor, got_all: torch.Tensor, expecte
     rows = []
     for j, k in enumerate(index.tolist()):
         where = elements.where if isinstance(elements.where, str) else elements.where(k)
+        # Shown per unit of the upstream gradient: the derivative's own values (ULPs are x.grad's)
+        v = upstream[j] or 1.0
         rows.append(Row(
-            inputs=tuple(points[j]), where=where, autograd=float(got[j]), expected=float(expected[j]),
-            upstream=upstream[j], abs_error=float(difference[j]), rel_error=float(relative[j]),
-            ulp_error=float(ulps[j]), allowed=float(allowed[j]), failed=bool(failed[j]), index=elements.index(k),
+            inputs=tuple(points[j]), where=where, autograd=float(got[j]) / v, expected=float(expected[j]) / v,
+            upstream=upstream[j], abs_error=float(difference[j]) / abs(v), rel_error=float(relative[j]),
+            ulp_error=float(ulps[j]), allowed=float(allowed[j]) / abs(v), failed=bool(failed[j]), index=elements.index(k),
         ))
     return rows
 

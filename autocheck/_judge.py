@@ -280,6 +280,18 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     return verdict
 
 
+def allowance(check: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """At the points ``x`` of a function of one variable: the exact derivative, and the
+    largest difference from it that a check accepts there (per unit upstream gradient)."""
+    exact = exact_side(check.derivatives, check.strict)
+    x64 = x.detach().to(torch.float64).cpu().reshape(-1)
+    batch = _Batch(check, exact, [x64], x64.shape)
+    index, ones = torch.arange(x64.numel()), torch.ones_like(x64)
+    expected = batch.expected([0], [ones], index)
+    slack = batch.slack([0], [ones], index).nan_to_num(nan=math.inf)
+    return expected, check.tol.atol + torch.maximum(check.tol.rtol * expected.abs(), slack)
+
+
 def _not_finite(forward: torch.Tensor, inputs: Sequence[torch.Tensor], shape: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Per element (flat): the forward value or an input is not finite; an input is not finite.
 
@@ -590,21 +602,25 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     element, element_slack = exact.contract(*exact.run(exact.split(units))[1:3])
     element_allowed = check.tol.atol + element_slack
     starts = np.cumsum([0, *sizes])
+    # A scalar output (a loss) had one upstream gradient v: rows show the derivative per unit of it
+    v = float(exact.v.reshape(-1)[0]) if exact.v.numel() == 1 and order == 1 and float(exact.v.reshape(-1)[0]) else None
+    per = v or 1.0
     for row, j in enumerate(located):
         which = int(np.searchsorted(starts, j, side="right") - 1)
         position = moving[which]
         index = tuple(int(i) for i in np.unravel_index(j - starts[which], tuple(values[position].shape)))
         autograd, wanted = float(flat[j]), float(element[row])
-        failed = not abs(autograd - wanted) <= float(element_allowed[row])
+        difference, allowed_here = abs(autograd - wanted), float(element_allowed[row])
+        failed = not difference <= allowed_here
         verdict.failed += failed
         name = check.derivatives.names[position] if position < len(check.derivatives.names) else f"input {position}"
         verdict.worst.append(Row(
             inputs=(float(values[position].reshape(-1)[j - starts[which]]),),
             where=f"d/d{name}" if order == 1 else f"d²/d{name}·",
-            autograd=autograd, expected=wanted, upstream=None, abs_error=abs(autograd - wanted),
-            rel_error=abs(autograd - wanted) / abs(wanted) if wanted else (0.0 if autograd == wanted else math.inf),
-            ulp_error=float(abs(autograd - wanted) / ulp(torch.tensor(wanted, dtype=torch.float64), check.dtype)),
-            allowed=float(element_allowed[row]), failed=failed, index=index or None,
+            autograd=autograd / per, expected=wanted / per, upstream=v, abs_error=difference / abs(per),
+            rel_error=difference / abs(wanted) if wanted else (0.0 if autograd == wanted else math.inf),
+            ulp_error=float(difference / ulp(torch.tensor(wanted, dtype=torch.float64), check.dtype)),
+            allowed=allowed_here / abs(per), failed=failed, index=index or None,
         ))
     verdict.failed = max(verdict.failed, verdict.wrong_blocks, 1)
     verdict.worst.sort(key=lambda r: (r.failed, r.abs_error / r.allowed if r.allowed else math.inf), reverse=True)

@@ -29,9 +29,9 @@ class Report:
         max_rel: largest relative error.
         worst: the worst elements (failures first), at most five. Each row has ``inputs``
             (the point), ``where`` (``"d/dx"``, ``"d/dw[0, 1]"``), ``autograd`` and
-            ``expected`` (the gradient element, upstream gradient included), ``upstream``,
-            ``exact`` (the derivative itself), ``abs_error``, ``rel_error``, ``ulp_error``,
-            ``allowed`` and ``failed``.
+            ``expected`` (autograd's derivative and the exact one: per unit of the upstream
+            gradient ``upstream`` where the element had its own, else ``x.grad`` and its
+            exact value), ``abs_error``, ``rel_error``, ``ulp_error``, ``allowed`` and ``failed``.
         faults: defects of the backward itself (not reentrant, changes saved tensors, ...),
             each with a one-line ``headline`` and its evidence in ``detail``.
         formula: the exact derivative, as text.
@@ -114,13 +114,22 @@ class Report:
         """The report as JSON: an object with ``"schema": "autocheck.report"`` and
         ``"version": 1``, then the attributes above under their names (``worst`` as a list
         of row objects with ``inputs``, ``where``, ``index``, ``autograd``, ``expected``,
-        ``upstream``, ``exact``, ``abs_error``, ``rel_error``, ``ulp_error``, ``allowed``,
-        ``failed``; ``faults`` as objects with ``headline`` and ``detail``). Numbers that are
+        ``upstream``, ``abs_error``, ``rel_error``, ``ulp_error``, ``allowed``, ``failed``:
+        values per unit of ``upstream`` where it is given, as in the text; ``faults`` as
+        objects with ``headline`` and ``detail``). Numbers that are
         not finite are the strings ``"inf"``, ``"-inf"`` and ``"nan"``, so the text is
         strict JSON; a tensor in ``counterexample`` is a nested list."""
         import json
 
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        """The JSON Schema (draft 2020-12) that :meth:`to_json`'s output follows."""
+        import json
+        from importlib import resources
+
+        return json.loads(resources.files("autocheck").joinpath("report.schema.json").read_text(encoding="utf-8"))
 
     def _repr_html_(self) -> str:
         """The report in a notebook: the text, the headline in green or red."""
@@ -155,7 +164,7 @@ def _row_data(row: Row) -> dict[str, Any]:
         "inputs": [_number(v) for v in row.inputs], "where": row.where,
         "index": list(row.index) if row.index is not None else None,
         "autograd": _number(row.autograd), "expected": _number(row.expected), "upstream": _number(row.upstream),
-        "exact": _number(row.exact), "abs_error": _number(row.abs_error), "rel_error": _number(row.rel_error),
+        "abs_error": _number(row.abs_error), "rel_error": _number(row.rel_error),
         "ulp_error": _number(row.ulp_error), "allowed": _number(row.allowed), "failed": row.failed,
     }
 
@@ -307,6 +316,18 @@ def _tensor_repr(x: Any, dtype: Any) -> str:
     return f"<tensor of shape {tuple(x.shape)}>"
 
 
+def _formula(expr: Any) -> str | None:
+    """A SymPy expression as a formula ``reference=`` reads back to the same expression, or None."""
+    from ._parse import ExpressionError, parse_expression
+
+    text = str(expr)
+    try:
+        same = parse_expression(text).expr == expr
+    except (ExpressionError, TypeError):
+        return None
+    return text if same else None
+
+
 def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[float, ...] | None, reference: Any) -> str:
     """One line that replays the failure. Where the function can be imported (a torch
     function, a module's function, a custom Function's apply) and the inputs are small enough
@@ -325,7 +346,8 @@ def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[f
     modules = ["torch", "autocheck"]
     if reference is not None:
         found = _importable(reference) if callable(reference) else None
-        options.append(f"reference={found[1]}" if found else "reference=reference")
+        written = _formula(reference) if not callable(reference) else None
+        options.append(f"reference={found[1]}" if found else f"reference={written!r}" if written else "reference=reference")
         modules += [found[0]] if found else []
     module_inputs = getattr(check.f, "__autocheck_module_inputs__", None)  # set by check_module
     if module_inputs is not None:  # its inputs first, then the parameters, which the module holds
@@ -396,13 +418,6 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
     return lines
 
 
-def _shown(row: Row) -> tuple[float, float]:
-    """Autograd's and the exact derivative, the upstream gradient divided out where there is one."""
-    if row.upstream:
-        return row.autograd / row.upstream, row.expected / row.upstream
-    return row.autograd, row.expected
-
-
 def _where(row: Row) -> str:
     return row.where + (f"[{', '.join(map(str, row.index))}]" if row.index else "")
 
@@ -412,8 +427,7 @@ def points_table(report: Report) -> list[str]:
     rows = []
     for row in report.worst:
         inputs = [_fmt(v) if v == v else "" for v in row.inputs] + [""] * (len(report.names) - len(row.inputs))
-        autograd, exact = _shown(row)
-        rows.append([*inputs[: len(report.names)], _where(row), _fmt(autograd), _fmt(exact),
+        rows.append([*inputs[: len(report.names)], _where(row), _fmt(row.autograd), _fmt(row.expected),
                      _fmt_err(row.abs_error), _fmt_err(row.rel_error), _fmt_err(row.ulp_error)])
     return table(rows, header)
 
@@ -453,9 +467,12 @@ def format_report(report: Report) -> str:
         lines.append("Worst points:" if report.ok else "Failing points (worst first):")
         lines += points_table(report)
         if any(row.upstream for row in report.worst):
-            lines.append("  (backward ran with random upstream gradients v, |v| in [0.5, 0.9]; "
-                         "the autograd column is x.grad / v)")
+            lines.append("  (backward ran with random upstream gradients v, |v| in [0.5, 0.9]; the autograd column "
+                         "is x.grad / v, and the errors are per unit of v)")
     lines.append(f"Exact derivative: {report.formula}")
+    if not report.ok and report.counterexample and all(isinstance(v, float) for v in report.counterexample):
+        at = ", ".join(f"{n} = {_fmt(v)}" for n, v in zip(report.names, report.counterexample))
+        lines.append(f"Counterexample (the simplest failing input found): {at}")
     lines += report.notes
     if report.seed is not None:
         lines.append(f"Seed: {report.seed}")

@@ -243,6 +243,49 @@ class Found:
     replayed: bool = False  # a failing example saved by an earlier run was checked first
 
 
+_DEFAULT: Any = object()  # database= not given
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What a check takes from a ``hypothesis.settings`` object (given, or the loaded profile)."""
+
+    max_examples: int  # batches of points
+    deadline: float | None  # seconds per batch; None: no limit
+    database: Any  # a Hypothesis ExampleDatabase, or None
+    derandomize: bool  # an unseeded check draws the same points every run
+    verbose: bool  # a line per batch on stderr
+
+
+def search_settings(given: Any) -> SearchSettings | None:
+    """The Hypothesis settings a check follows: ``given``, else the active profile when one
+    other than Hypothesis's default is loaded (only if the program imported Hypothesis:
+    autocheck does not import it to find out), else None (autocheck's own defaults)."""
+    if given is None:
+        import sys
+
+        if "hypothesis" not in sys.modules:
+            return None
+        from hypothesis import settings
+
+        # The loaded profile by its name: inside a user's @given, settings.default is that
+        # test's own settings (its max_examples counts its examples, not a check's batches).
+        name = getattr(settings, "get_current_profile_name", lambda: getattr(settings, "_current_profile", None))()
+        if name in (None, "default"):
+            return None
+        given = settings.get_profile(name)
+    from hypothesis import Verbosity
+
+    deadline = given.deadline
+    return SearchSettings(
+        max_examples=given.max_examples,
+        deadline=None if deadline is None else deadline.total_seconds(),
+        database=None if given.derandomize else given.database,
+        derandomize=bool(given.derandomize),
+        verbose=given.verbosity >= Verbosity.verbose,
+    )
+
+
 def search(
     check: Any,
     domain: Domain,
@@ -253,6 +296,8 @@ def search(
     seed: int,
     deadline: Any,
     database_key: bytes | None = None,
+    database: Any = _DEFAULT,
+    verbose: bool = False,
 ) -> Found:
     """Judge batches of drawn points until one fails, ``examples`` batches are done, or the
     deadline passes; shrink the simplest failing point.
@@ -262,27 +307,35 @@ def search(
     ``draw_batch`` from a generator seeded by ``(seed, b)``, so the same seed gives the
     same points and the same work. With a ``database_key`` (unseeded checks), failing
     points saved by an earlier run are judged first, and a new counterexample is saved,
-    in Hypothesis's example database.
+    in ``database`` (a Hypothesis ExampleDatabase; by default that of Hypothesis's active
+    profile, where the program uses Hypothesis or keeps ``.hypothesis/``).
     """
+    if database is _DEFAULT:
+        database = _database() if database_key is not None else None
+    if database_key is None:
+        database = None
     verdict = None
     points = batches = 0
     timed_out = replayed = False
-    saved = _load(database_key) if database_key is not None else []
+    saved = _load(database, database_key) if database is not None else []
     if saved:
         columns = [torch.tensor([p[k] for p in saved], dtype=torch.float64) for k in range(len(saved[0]))]
         verdict = check.judge(columns, -4)
         points += len(saved)
         replayed = bool(verdict.failed)
+        _say(verbose, f"replayed {len(saved)} saved failing example(s): {'fails' if replayed else 'passes'}")
     for batch in range(examples):
         if verdict is not None and verdict.failed:
             break
         if batch and deadline.expired():
             timed_out = True
+            _say(verbose, f"deadline reached after {batches} batch(es)")
             break
         columns = draw_batch(torch.Generator().manual_seed(_mix(seed, batch)))
         found = check.judge(columns, batch)
         points += columns[0].numel()
         batches += 1
+        _say(verbose, f"batch {batch + 1} of {examples}: {columns[0].numel()} points, {found.failed} failing elements")
         if verdict is None:
             verdict = found
         else:
@@ -300,9 +353,22 @@ def search(
                 shrunk = candidate
                 break
         result.counterexample = shrunk
-        if database_key is not None:
-            _save(database_key, shrunk)
+        _say(verbose, f"shrunk to {shrunk}")
+        if database is not None:
+            database.save(database_key, struct.pack(f"<{len(shrunk)}d", *shrunk))
     return result
+
+
+def _say(verbose: bool, line: str) -> None:
+    if verbose:
+        import sys
+
+        print(f"autocheck: {line}", file=sys.stderr, flush=True)
+
+
+def derandomized_seed(key: bytes) -> int:
+    """The seed of a derandomized check: the same for the same function and mathematics."""
+    return int.from_bytes(key[-8:], "big") % 2**32
 
 
 def database_key(f: Any, name: str, formula: str, dtype: torch.dtype) -> bytes:
@@ -334,24 +400,13 @@ def _database() -> Any:
     return settings().database
 
 
-def _load(key: bytes) -> list[tuple[float, ...]]:
-    database = _database()
-    if database is None:
-        return []
+def _load(database: Any, key: bytes) -> list[tuple[float, ...]]:
     found = []
     for value in database.fetch(key):
         if len(value) % 8 == 0 and value:
             found.append(struct.unpack(f"<{len(value) // 8}d", value))
     widths = {len(p) for p in found}
     return found if len(widths) == 1 else []
-
-
-def _save(key: bytes, point: tuple[float, ...]) -> None:
-    from hypothesis import settings
-
-    database = settings().database
-    if database is not None:
-        database.save(key, struct.pack(f"<{len(point)}d", *point))
 
 
 def simplicity(point: tuple[float, ...]) -> tuple:
@@ -544,13 +599,17 @@ def _real_interval(forward: Any, s: Any) -> tuple[float, float] | None:
     import sympy
     from sympy.calculus.util import continuous_domain
 
-    try:
-        region = continuous_domain(forward, s, sympy.S.Reals)
-        if region.is_empty:
-            return None
-        return float(region.inf), float(region.sup)
-    except Exception:  # noqa: BLE001 - SymPy cannot say (tan: the reals less a lattice): rejection
-        return None
+    # log1p, expm1 and their kin are SymPy's codegen functions, which continuous_domain does
+    # not know: their rewrites in log and exp it does.
+    for form in (forward, forward.rewrite(sympy.log), forward.rewrite(sympy.exp)):
+        try:
+            region = continuous_domain(form, s, sympy.S.Reals)
+            if region.is_empty:
+                return None
+            return float(region.inf), float(region.sup)
+        except Exception:  # noqa: BLE001 - SymPy cannot say (tan: the reals less a lattice): rejection
+            continue
+    return None
 
 
 # --------------------------------------------------------------------------------------

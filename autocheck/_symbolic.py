@@ -132,11 +132,24 @@ class Derivatives:
             label = label_of(self.symbols, entry)
             if label not in seen:
                 seen.add(label)
-                parts.append(f"{label} = {entry.expr}")
+                parts.append(f"{label} = {_readable(entry.expr)}")
         text = "; ".join(parts[:limit])
         if len(parts) > limit:
             text += f"; ... ({len(parts) - limit} more)"
         return text
+
+
+def _readable(expr: sympy.Expr) -> str:
+    """The text of ``expr``, with a rational of many digits (a float constant of the code,
+    made exact) written as the shortest float that reads back to it:
+    ``6172839450617*x/2500000000000`` as ``2.4691357802468*x``."""
+    long = {}
+    for r in expr.atoms(sympy.Rational):
+        if r.q != 1 and len(str(r)) > 12:
+            text = repr(float(r))
+            digits = len(text.split("e")[0].replace("-", "").replace(".", "").lstrip("0")) or 1
+            long[r] = sympy.Float(text, max(digits, 1))
+    return str(expr.xreplace(long) if long else expr)
 
 
 def directional_derivatives(names: Sequence[str], shapes: Sequence[tuple[int, ...]],

@@ -3,6 +3,9 @@ message, correct functions pass in every dtype, and bad input gets a clear error
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -302,8 +305,6 @@ def test_softplus_reference_and_functional_match():
 
 
 def test_a_report_as_json_has_a_versioned_schema_and_stays_strict():
-    import json
-
     class Wrong(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
@@ -320,7 +321,7 @@ def test_a_report_as_json_has_a_versioned_schema_and_stays_strict():
     assert (data["schema"], data["version"], data["ok"]) == ("autocheck.report", 1, False)
     assert data["checked"] == report.checked and data["failed"] == report.failed == 2
     row = data["worst"][0]
-    assert set(row) == {"inputs", "where", "index", "autograd", "expected", "upstream", "exact", "abs_error",
+    assert set(row) == {"inputs", "where", "index", "autograd", "expected", "upstream", "abs_error",
                         "rel_error", "ulp_error", "allowed", "failed"}
     assert row["failed"] is True and row["where"] == "d/dx"
     assert report.format() == str(report)
@@ -378,3 +379,46 @@ def test_a_failing_point_met_twice_is_one_row():
     keys = [(tuple(map(repr, r.inputs)), r.where, r.index) for r in report.worst]
     assert not report.ok and report.worst[0].inputs in ((0.0,), (-0.0,))
     assert len(keys) == len(set(keys)) and all(r.failed for r in report.worst)
+
+
+# --------------------------------------------------------------------------------------
+# What a failing row shows
+# --------------------------------------------------------------------------------------
+
+
+def test_rows_show_the_derivatives_own_values_and_state_the_upstream_gradient():
+    # f = 2 sin x against the mathematics sin x: at x = 1, autograd's derivative is 2 cos 1
+    # and the exact one cos 1, whatever upstream gradient the backward ran with.
+    report = autocheck.check_grad(lambda x: 2 * torch.sin(x), torch.tensor([1.0], dtype=torch.float64),
+                                  reference="sin(x)", seed=0)
+    row = report.worst[0]
+    assert row.autograd == pytest.approx(2 * math.cos(1.0), rel=1e-15)
+    assert row.expected == row.exact == pytest.approx(math.cos(1.0), rel=1e-15)
+    assert row.abs_error == pytest.approx(math.cos(1.0), rel=1e-15) and row.rel_error == pytest.approx(1.0)
+    assert 0.5 <= abs(row.upstream) <= 0.9
+    text = str(report)
+    assert "  1.0  d/dx[0]  1.08060461  0.540302306     0.54        1" in text
+    assert "the autograd column is x.grad / v, and the errors are per unit of v" in text
+    assert "Greatest difference: 0.54 absolute" in text
+    data = json.loads(report.to_json())["worst"][0]
+    assert (data["autograd"], data["expected"], data["upstream"]) == (row.autograd, row.expected, row.upstream)
+
+
+def test_reference_may_be_a_formula_and_the_reproduce_line_writes_it():
+    report = autocheck.check_grad(torch.sin, torch.tensor([1.0, 2.0], dtype=torch.float64), reference="2*sin(x)", seed=0)
+    assert not report.ok and report.formula == "d/dx = 2*cos(x)"
+    assert report.reproduce.endswith("seed=0, reference='2*sin(x)')")
+
+
+def test_a_reference_that_is_no_formula_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"reference='sin\(x' is not a formula autocheck can read: invalid syntax"):
+        autocheck.check_grad(torch.sin, reference="sin(x")
+    with pytest.raises(TypeError, match=r"reference must be a function of tensors, a SymPy expression or a formula "
+                                        r"such as \"sin\(x\)\", got reference=5"):
+        autocheck.check_grad(torch.sin, reference=5)
+
+
+def test_a_float_constant_prints_as_a_float_not_a_long_rational():
+    x = torch.tensor([1.0], dtype=torch.float64)
+    assert autocheck.check_grad(lambda x: 1.2345678901234 * x * x, x, seed=0).formula == "d/dx = 2.4691357802468*x"
+    assert autocheck.check_grad(lambda x: 0.1 * x * x, x, seed=0).formula == "d/dx = x/5"  # short ones stay exact

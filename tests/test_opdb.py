@@ -32,11 +32,18 @@ import autocheck
 
 pytest.importorskip("expecttest", reason="torch's operator database needs expecttest (pip install expecttest)")
 
+from hypothesis import settings  # noqa: E402
+
+_PROFILE = settings.get_current_profile_name()
 from torch.testing._internal.common_methods_invocations import (  # noqa: E402
     binary_ufuncs,
     reduction_ops,
     unary_ufuncs,
 )
+
+# Importing torch's test utilities loads a Hypothesis profile of theirs ("dev", or
+# "pytorch_ci" where CI is set), which every check in this process would then follow.
+settings.load_profile(_PROFILE)
 
 import torch_defects  # noqa: E402
 

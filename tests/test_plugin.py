@@ -78,12 +78,17 @@ def test_the_marker_arguments_reach_the_check_and_tests_are_marked(pytester):
         def test_unmarked(grad_check):
             grad_check(torch.sin, examples=2)
 
+        @pytest.mark.autocheck(rtol=1e-3, atol=1e-6, examples=2)
+        def test_the_call_wins(grad_check):
+            report = grad_check(torch.sin, rtol=1e-4, atol=1e-7)
+            assert (report.rtol, report.atol) == (1e-4, 1e-7)
+
         def test_other():
             pass
     """)
     result = pytester.runpytest("-v", "--autocheck-device=cpu", "-m", "autocheck")
     result.stdout.fnmatch_lines(["*test_marked?cpu-float32? PASSED*", "*test_unmarked?cpu-float64? PASSED*"])
-    result.assert_outcomes(passed=2, deselected=1)
+    result.assert_outcomes(passed=3, deselected=1)
 
 
 def test_a_bad_ini_value_is_a_usage_error(pytester):

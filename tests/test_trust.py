@@ -169,7 +169,7 @@ def test_a_reference_that_cancels_as_autograd_does_is_not_trusted_by_the_cheap_t
         exact = float(mpmath.ncdf(v) + v * mpmath.npdf(v))
     report = autocheck.check_grad(F.gelu, x, seed=0)
     assert report.failed == 1
-    assert report.worst[0].expected / report.worst[0].upstream == pytest.approx(exact, rel=1e-12)
+    assert report.worst[0].expected == pytest.approx(exact, rel=1e-12)
 
 
 def test_an_infinite_exact_value_does_not_pass_a_finite_gradient_unseen():
@@ -267,8 +267,8 @@ def test_a_tolerance_that_passes_anything_is_refused(rtol, atol):
     "argv, fragment",
     [
         (["check", "exp(x)", "--domain", "x=1000:2000"],
-         "no gradient element of exp(x) was checked at the 256 points drawn from x in [1000, 2000]"),
-        (["check", "x*inf"], "forward value not finite at 256"),
+         "no gradient element of exp(x) was checked at the 102400 points drawn from x in [1000, 2000]"),
+        (["check", "x*inf"], "forward value not finite at 102400"),
         (["check", "x*x", "--at", "x=nan"], "input not finite at 1. pass finite inputs"),
         (["check", "exp(x)", "--domain", "x=1e400:"], "--domain bound '1e400' is not a finite float64 number"),
     ],

@@ -1,0 +1,177 @@
+"""A search follows Hypothesis's settings: given with settings=, or the loaded profile
+(max_examples, deadline, database, derandomize, verbosity); failing examples are saved to
+the configured database and replayed first; checks run inside a user's @given."""
+
+from __future__ import annotations
+
+import datetime
+import struct
+
+import pytest
+import torch
+from hypothesis import Verbosity, given, settings
+from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+import autocheck
+
+
+def x2exp(x):
+    return x * x * torch.exp(x)
+
+
+class ExpWrongAbove(torch.autograd.Function):
+    """exp with a backward twice too large above 3.7."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.where(x > 3.7, 2 * torch.exp(x), torch.exp(x))
+
+
+@pytest.fixture
+def profile():
+    """Load a Hypothesis profile for one test, then the one that was active."""
+    before = settings.get_current_profile_name()
+    loaded = []
+
+    def load(**options):
+        name = f"autocheck-test-{len(loaded)}"
+        settings.register_profile(name, **options)
+        settings.load_profile(name)
+        loaded.append(name)
+
+    yield load
+    settings.load_profile(before)
+
+
+def test_a_loaded_profile_sets_the_number_of_batches(profile):
+    five = autocheck.check_grad(x2exp, seed=0, examples=5).checked
+    default = autocheck.check_grad(x2exp, seed=0).checked
+    profile(max_examples=5)
+    assert autocheck.check_grad(x2exp, seed=0).checked == five < default
+
+
+def test_settings_given_win_over_the_profile(profile):
+    profile(max_examples=5)
+    three = autocheck.check_grad(x2exp, seed=0, examples=3).checked
+    assert autocheck.check_grad(x2exp, seed=0, settings=settings(max_examples=3)).checked == three
+
+
+def test_examples_given_win_over_settings():
+    two = autocheck.check_grad(x2exp, seed=0, examples=2).checked
+    assert autocheck.check_grad(x2exp, seed=0, examples=2, settings=settings(max_examples=9)).checked == two
+
+
+def test_a_failing_unseeded_check_is_saved_and_replayed_first(tmp_path):
+    database = DirectoryBasedExampleDatabase(str(tmp_path / "examples"))
+    with_database = settings(database=database)
+    first = autocheck.check_grad(ExpWrongAbove.apply, settings=with_database)
+    assert not first.ok and first.counterexample == (4.0,)
+    saved = [value.read_bytes() for key in (tmp_path / "examples").iterdir() for value in key.iterdir()]
+    assert struct.pack("<d", 4.0) in saved  # the counterexample, as float64 bytes
+    again = autocheck.check_grad(ExpWrongAbove.apply, settings=with_database)
+    assert not again.ok and again.counterexample == (4.0,)
+    assert "Found first among the failing examples an earlier run saved in Hypothesis's database" in str(again)
+    assert "saved in Hypothesis's database" not in str(first)
+
+
+def test_a_seeded_check_neither_reads_nor_writes_the_database(tmp_path):
+    database = DirectoryBasedExampleDatabase(str(tmp_path / "examples"))
+    report = autocheck.check_grad(ExpWrongAbove.apply, seed=0, settings=settings(database=database))
+    assert not report.ok
+    assert not (tmp_path / "examples").exists() or not any((tmp_path / "examples").iterdir())
+
+
+def test_derandomize_draws_the_same_points_every_run(tmp_path):
+    fixed = settings(derandomize=True, database=None)
+    a = autocheck.check_grad(x2exp, settings=fixed, examples=3)
+    b = autocheck.check_grad(x2exp, settings=fixed, examples=3)
+    assert a.seed == b.seed and a.checked == b.checked and a.worst == b.worst
+
+
+def test_verbosity_verbose_reports_each_batch(capsys):
+    autocheck.check_grad(x2exp, seed=0, settings=settings(max_examples=2, verbosity=Verbosity.verbose))
+    err = capsys.readouterr().err
+    assert "autocheck: batch 1 of 2:" in err and "autocheck: batch 2 of 2:" in err
+
+
+def test_the_deadline_is_per_batch():
+    tiny = settings(max_examples=10_000, deadline=datetime.timedelta(microseconds=1))
+    report = autocheck.check_grad(x2exp, seed=0, settings=tiny)
+    assert report.timed_out and report.ok  # 10,000 batches of 1 microsecond each: 10 ms in all
+    assert report.checked < autocheck.check_grad(x2exp, seed=0).checked
+
+
+def test_a_check_runs_inside_a_users_given():
+    scales = []
+
+    @settings(max_examples=4, deadline=None)
+    @given(st.floats(0.5, 2.0))
+    def check(scale):
+        assert autocheck.check_grad(lambda x: scale * torch.sin(x), seed=0, examples=2).ok
+        scales.append(scale)
+
+    check()
+    assert len(scales) == 4
+
+
+def test_a_failing_check_inside_given_fails_the_property():
+    @settings(max_examples=3, deadline=None, database=None)
+    @given(st.integers(0, 5))
+    def check(k):
+        autocheck.assert_grad_matches(ExpWrongAbove.apply, seed=k, examples=3)
+
+    with pytest.raises(autocheck.GradientMismatch, match="ExpWrongAbove.apply"):
+        check()
+
+
+def test_strategies_compose_with_a_users_given():
+    @settings(max_examples=10, deadline=None)
+    @given(autocheck.strategies.points(torch.log1p, shape=(5,)))
+    def check(point):
+        (x,) = point
+        assert bool((x >= -1).all())
+        if bool((x > -1).all()):  # log1p(-1) is -inf: no gradient there
+            assert autocheck.check_grad(torch.log1p, x, seed=0).ok
+
+    check()
+
+
+def test_settings_must_be_hypothesis_settings():
+    with pytest.raises(TypeError, match=r"settings must be a hypothesis.settings object, got settings=\{'max_examples': 5\}"):
+        autocheck.check_grad(x2exp, settings={"max_examples": 5})
+
+
+def test_a_check_inside_given_keeps_its_own_batches():
+    # Inside @given, Hypothesis's defaults are that test's settings: a check does not take
+    # them as its own (four examples of the property are not four batches of the check).
+    default = autocheck.check_grad(x2exp, seed=0).checked
+    seen = []
+
+    @settings(max_examples=2, deadline=None, database=None)
+    @given(st.just(1.0))
+    def check(scale):
+        seen.append(autocheck.check_grad(lambda x: scale * x2exp(x), seed=0).checked)
+
+    check()
+    assert seen and set(seen) == {default}
+
+
+def test_a_deadline_given_to_the_check_wins_over_the_settings():
+    endless = settings(max_examples=100_000, deadline=None)
+    report = autocheck.check_grad(x2exp, seed=0, settings=endless, deadline=0.3)
+    assert report.timed_out and "Stopped at the deadline" in str(report)
+
+
+def test_drawn_tensors_are_drawn_max_examples_times():
+    import torch.nn.functional as F
+
+    report = autocheck.check_grad(F.cross_entropy, autocheck.Drawn((4, 3)), autocheck.Drawn((4,), integers=(0, 3)),
+                                  seed=0, settings=settings(max_examples=3))
+    assert report.ok and "Inputs drawn 3 times" in str(report)
