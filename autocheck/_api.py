@@ -108,7 +108,10 @@ def assert_grad_matches(
         deadline: seconds the check may take (default 5; None for no limit). A check that
             runs out reports what it checked and says so; user code still running at the
             deadline is interrupted with :class:`autocheck.DeadlineExceeded`.
-        settings: a ``hypothesis.settings``; its ``max_examples`` sets ``examples``.
+        settings: a ``hypothesis.settings`` for a check that draws its points: its
+            ``max_examples`` (batches), ``deadline`` (per batch), ``database``,
+            ``derandomize`` and ``verbosity`` (see the Hypothesis page of the docs).
+            Default: the loaded Hypothesis profile, where one other than the default is.
 
     Returns:
         The :class:`Report` (``report.ok`` is True).
