@@ -32,6 +32,7 @@ def check_grad(
     strict: bool = False,
     deadline: Any = AUTOMATIC,
     settings: Any = None,
+    modes: Any = ("rev",),
 ) -> Report:
     """Compare autograd's gradient of ``f`` with the exact symbolic derivative; return a report.
 
@@ -42,7 +43,7 @@ def check_grad(
     drawn = any(isinstance(x, Drawn) for x in inputs)  # tensors the check draws: a search, with its deadline
     settings_ = options(
         f, bool(inputs) and not drawn, reference=reference, order=order, dtype=dtype, device=device, examples=examples, seed=seed,
-        rtol=rtol, atol=atol, domain=domain, strict=strict, deadline=deadline, settings=settings,
+        rtol=rtol, atol=atol, domain=domain, strict=strict, deadline=deadline, settings=settings, modes=modes,
     )
     return run(f, inputs, domain, settings_)
 
@@ -62,6 +63,7 @@ def assert_grad_matches(
     strict: bool = False,
     deadline: Any = AUTOMATIC,
     settings: Any = None,
+    modes: Any = ("rev",),
 ) -> Report:
     """Assert that autograd's gradient of ``f`` equals the exact symbolic derivative.
 
@@ -112,6 +114,9 @@ def assert_grad_matches(
             ``max_examples`` (batches), ``deadline`` (per batch), ``database``,
             ``derandomize`` and ``verbosity`` (see the Hypothesis page of the docs).
             Default: the loaded Hypothesis profile, where one other than the default is.
+        modes: which of torch's ways to compute a derivative are judged: ``"rev"``
+            (reverse mode: ``x.grad`` after backward) and ``"fwd"`` (forward mode: the JVP of
+            dual tensors, with random tangents). Default ``("rev",)``; ``("rev", "fwd")`` both.
 
     Returns:
         The :class:`Report` (``report.ok`` is True).
@@ -134,7 +139,7 @@ def assert_grad_matches(
     __tracebackhide__ = True
     report = check_grad(
         f, *inputs, reference=reference, order=order, dtype=dtype, device=device, examples=examples, seed=seed,
-        rtol=rtol, atol=atol, domain=domain, strict=strict, deadline=deadline, settings=settings,
+        rtol=rtol, atol=atol, domain=domain, strict=strict, deadline=deadline, settings=settings, modes=modes,
     )
     if not report.ok:
         raise GradientMismatch(str(report), report=report, counterexample=report.counterexample)

@@ -21,6 +21,10 @@ import torch
 
 from ._errors import NondeterministicFunction
 
+#: The ways torch computes a derivative that a check can judge (JAX's words): reverse mode
+#: (backward, x.grad) and forward mode (dual tensors, the JVP).
+REVERSE, FORWARD = "rev", "fwd"
+
 #: Upstream gradients are drawn for this many elements and tiled over larger outputs:
 #: drawing costs about as much as a backward, and a period this long cannot line up with
 #: any structure of a bug.
@@ -94,6 +98,45 @@ def vjp(
         if connected:
             torch.autograd.backward([g for g, _ in connected], [w.expand(g.shape) for g, w in connected])
     return out.detach(), [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+
+
+def jvp(f: Callable[..., Any], values: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor],
+        name: str = "f") -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward mode: ``f``'s value and the tangent of its output when each input carries the
+    tangent given (dual tensors of ``torch.autograd.forward_ad``)."""
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(x.detach().clone(), t.to(device=x.device, dtype=x.dtype).expand(x.shape))
+                 for x, t in zip(values, tangents)]
+        try:
+            out = f(*duals)
+        except (NotImplementedError, RuntimeError) as error:
+            text = str(error)
+            if "jvp" in text and "autograd.Function" in text:
+                raise TypeError(
+                    f"modes includes 'fwd', but {name} calls a custom autograd.Function without a jvp staticmethod, "
+                    "so forward mode cannot run it: add jvp(ctx, *tangents) to the Function, or check "
+                    "modes=('rev',)"
+                ) from None
+            if "forward AD" in text or "forward-mode" in text or "forward mode" in text:
+                raise TypeError(f"modes includes 'fwd', but torch has no forward-mode derivative for an operation "
+                                f"{name} runs ({text.splitlines()[0]}); check modes=('rev',)") from None
+            raise
+        if isinstance(out, (tuple, list)) or not isinstance(out, torch.Tensor):
+            raise TypeError(f"f returned {type(out).__name__}; return a single tensor")
+        primal, tangent = fwAD.unpack_dual(out)
+        tangent = torch.zeros_like(primal) if tangent is None else tangent
+        return primal.detach(), tangent.detach()
+
+
+def pointwise_jvp(f: Callable[..., Any], values: Sequence[torch.Tensor], shape: Sequence[int],
+                  tangents: Sequence[torch.Tensor], name: str = "f") -> torch.Tensor:
+    """:func:`jvp` one point at a time, for a function of scalars that is not elementwise over a batch."""
+    flat = [p.expand(shape).reshape(-1) for p in values]
+    ts = [t.expand(shape).reshape(-1) for t in tangents]
+    outs = [jvp(f, [p[k] for p in flat], [t[k] for t in ts], name)[1].reshape(()) for k in range(flat[0].numel())]
+    return torch.stack(outs).reshape(shape)
 
 
 def pointwise(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import sympy
@@ -21,7 +21,7 @@ import torch
 from ._arguments import (
     check_callable, check_count, check_deadline, check_input, check_order, resolve_device, resolve_dtype,
 )
-from ._autograd import Fault, check_deterministic, cotangent, is_elementwise, structural_faults
+from ._autograd import FORWARD, REVERSE, Fault, check_deterministic, cotangent, is_elementwise, structural_faults
 from ._budget import Deadline, interrupt_after
 from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
 from ._errors import DeadlineExceeded, NothingChecked, TraceError
@@ -81,6 +81,7 @@ class Check:
     mode: str
     seed: int
     deadline: Deadline
+    modes: tuple[str, ...] = (REVERSE,)  # reverse mode (x.grad), forward mode (the JVP), or both
 
     @property
     def pointwise(self) -> bool:
@@ -117,8 +118,11 @@ class Check:
         """Judge every gradient element at the given points (one tensor per parameter,
         broadcastable; a function of tensors: the tensors themselves). ``indexed`` reports
         rows with their element index (for inputs the user gave)."""
-        if self.mode == TENSOR:
-            return judge_tensor(self, columns, self.generator(batch))
+        if self.mode == TENSOR:  # forward mode: by directions, whose exact side is forward mode already
+            verdict = judge_tensor(self, columns, self.generator(batch)) if REVERSE in self.modes else Verdict()
+            if FORWARD in self.modes:
+                verdict.merge(judge_directional(replace(self, modes=(FORWARD,)), columns, self.generator(batch)))
+            return verdict
         if self.mode == DIRECTIONAL:
             return judge_directional(self, columns, self.generator(batch))
         values = [c.detach().to(device=self.device, dtype=self.dtype) for c in columns]
@@ -190,13 +194,16 @@ class Options:
     hard: float | None  # and is interrupted after this long (the function never returns)
     unseeded: bool
     settings: SearchSettings | None  # Hypothesis's, where given or a profile is loaded
+    modes: tuple[str, ...] = (REVERSE,)
 
 
 def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, device: Any, examples: Any, seed: Any,
-            rtol: Any, atol: Any, domain: Any, strict: Any, deadline: Any, settings: Any) -> Options:
+            rtol: Any, atol: Any, domain: Any, strict: Any, deadline: Any, settings: Any,
+            modes: Any = (REVERSE,)) -> Options:
     """Check every argument of a check and resolve the defaults."""
     check_callable(f)
     order = check_order(order)
+    modes = check_modes(modes, order)
     check_count("examples", examples, "batches of points to draw")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"seed must be an integer, got seed={seed!r}")
@@ -219,7 +226,21 @@ def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, devi
         hard = HARD_DEADLINE_FACTOR * seconds + HARD_DEADLINE_GRACE
     seed_ = seed if seed is not None else random.SystemRandom().randrange(2**32)
     return Options(reference, order, resolve_dtype(dtype), resolve_device(device), examples, seed_, rtol, atol,
-                   strict, seconds, hard, seed is None, search)
+                   strict, seconds, hard, seed is None, search, modes)
+
+
+def check_modes(modes: Any, order: int) -> tuple[str, ...]:
+    """``modes=``: a non-empty tuple of "rev" (reverse mode, x.grad) and "fwd" (forward mode, the JVP)."""
+    if isinstance(modes, str):
+        modes = (modes,)
+    if not isinstance(modes, (tuple, list)) or not modes or any(m not in (REVERSE, FORWARD) for m in modes):
+        raise ValueError(f'modes must hold "rev" (reverse mode: x.grad) and/or "fwd" (forward mode: the JVP), '
+                         f'such as modes=("rev", "fwd"); got modes={modes!r}')
+    modes = tuple(dict.fromkeys(modes))
+    if FORWARD in modes and order != 1:
+        raise ValueError(f'modes=("fwd",) checks first derivatives; order={order} is checked in reverse mode: '
+                         'pass modes=("rev",)')
+    return modes
 
 
 def _reference(reference: Any) -> Any:
@@ -333,7 +354,7 @@ def _judged(f: Callable[..., Any], name: str, values: list[torch.Tensor], names:
     else:
         derivatives = derivatives_for(f, options.reference, names, shapes, dtype, options.order)
     check = Check(f, name, derivatives, dtype, device, tol, options.strict, mode, options.seed,
-                  Deadline.after(options.seconds))
+                  Deadline.after(options.seconds), options.modes)
     stalls = None if mode in (TENSOR, DIRECTIONAL) else \
         exact_side(derivatives, options.strict).stalls_torch([v.to(torch.float64) for v in values])
     if stalls is not None:
@@ -478,7 +499,7 @@ def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Re
     with _hang_limit(name, options):
         elementwise = isinstance(options.reference, sympy.Expr) or is_elementwise(f, len(derivatives.names), dtype)
         check = Check(f, name, derivatives, dtype, device, tol, options.strict, ELEMENTWISE if elementwise else POINTWISE,
-                      seed, Deadline.after(options.seconds))
+                      seed, Deadline.after(options.seconds), options.modes)
         probe = check.points(dom, DETERMINISM_POINTS, check.generator(-3))
         check_deterministic(f, [p.to(device=device, dtype=dtype) for p in probe], name)
         where = {"database": hypothesis.database} if hypothesis is not None else {}

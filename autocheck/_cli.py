@@ -123,6 +123,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     check.add_argument("--seed", type=int, default=None,
                        help="seed for a reproducible check (default: random, printed)")
     check.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    check.add_argument("--modes", default="rev", metavar="rev,fwd",
+                       help="reverse mode (x.grad), forward mode (the JVP) or both, comma-separated (default rev)")
 
     diff = sub.add_parser(
         "diff", help="print the exact derivative",
@@ -556,7 +558,8 @@ def _run_check(target: _Target, args: argparse.Namespace, at: tuple[float, ...] 
 
     from ._api import check_grad
 
-    options = dict(reference=target.reference, order=args.order, dtype=dtype, device=device, seed=seed)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    options = dict(reference=target.reference, order=args.order, dtype=dtype, device=device, seed=seed, modes=modes)
     if at is not None:
         return check_grad(target.f, *[torch.tensor(v, dtype=torch.float64) for v in at], **options)
     return check_grad(target.f, examples=args.examples, domain=domain, **options)
@@ -602,6 +605,8 @@ def _reproduce(args: argparse.Namespace, names: Sequence[str], point: tuple[floa
         words += ["--device", args.device]
     if args.order != 1:
         words += ["--order", str(args.order)]
+    if args.modes != "rev":
+        words += ["--modes", args.modes]
     if point is not None:
         dtype = resolve_dtype(args.dtype)
         words += ["--at", ",".join(f"{n}={_input(v, dtype)}" for n, v in zip(names, point))]

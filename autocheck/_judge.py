@@ -19,7 +19,7 @@ import sympy
 import torch
 
 from . import _directional, _oracle, _precise, _printer
-from ._autograd import cotangent, pointwise, vjp
+from ._autograd import FORWARD, REVERSE, cotangent, jvp, pointwise, pointwise_jvp, vjp
 from ._budget import OutOfTime
 from ._compare import (
     NOT_FINITE_EXACT, OUT_OF_TIME, Elements, Refinement, Row, Verdict, judge, kink_test, tolerance_for, ulp,
@@ -246,9 +246,12 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     batch = _Batch(check, exact, x64, shape)
     points = batch.points_at
     verdict = Verdict()
-    for i in range(n):
-        keys = [k for k, entry in enumerate(d.entries) if entry.wrt[-1] == i]
-        weights = [v64 if order == 1 else v64 * u64[d.entries[k].wrt[0]] for k in keys]
+    index_of = (lambda k: tuple(int(i) for i in np.unravel_index(k + offset, index_shape))) if index_shape else \
+        (lambda k: None)
+
+    def judged(keys: list[int], weights: list[torch.Tensor], got: torch.Tensor, label: str,
+               upstream: torch.Tensor | None, kink: bool) -> Verdict:
+        """Autograd's ``got`` against the sum of the entries ``keys`` times ``weights``."""
         if len(keys) == 1:  # the common case: the judge weights the derivative where it looks
             expected, weight, trust = fast[keys[0]], weights[0], trusted[keys[0]]
         else:
@@ -259,24 +262,41 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         if any(errors[k] is not None for k in keys):
             error = sum(w.abs() * (errors[k] if errors[k] is not None else torch.where(trusted[k], 0.0, math.inf))
                         for w, k in zip(weights, keys))
-        label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else f"d²/d{d.names[i]}·"
-        if values[i].shape == shape:
-            elements = Elements(
-                autograd=grads[i].reshape(-1), expected=expected, weight=weight, trusted=trust, error=error,
-                skip=skip, skip_input=bad_input,
-                upstream=v64 if order == 1 else None, where=label, point=points,
-                index=(lambda k: tuple(int(i) for i in np.unravel_index(k + offset, index_shape))) if index_shape else (lambda k: None),
-            )
-            refine = Refinement(
-                expected=lambda index, keys=keys, weights=weights: batch.expected(keys, weights, index),
-                slack=lambda index, keys=keys, weights=weights: batch.slack(keys, weights, index),
-                kink=batch.kink(keys[0], weights[0]) if order == 1 else None,
-                undefined=lambda index, keys=keys: exact.undefined(batch._columns(index), keys).reshape(-1),
-                unbounded=lambda index, positions, keys=keys: batch.unbounded(keys, index, positions),
-            )
+        elements = Elements(
+            autograd=got.reshape(-1), expected=expected, weight=weight, trusted=trust, error=error,
+            skip=skip, skip_input=bad_input, upstream=upstream, where=label, point=points, index=index_of,
+        )
+        refine = Refinement(
+            expected=lambda index: batch.expected(keys, weights, index),
+            slack=lambda index: batch.slack(keys, weights, index),
+            kink=batch.kink(keys[0], weights[0]) if kink else None,
+            undefined=lambda index: exact.undefined(batch._columns(index), keys).reshape(-1),
+            unbounded=lambda index, positions: batch.unbounded(keys, index, positions),
+        )
+        return judge(elements, refine, check.dtype, check.tol)
+
+    if REVERSE in check.modes:
+        for i in range(n):
+            keys = [k for k, entry in enumerate(d.entries) if entry.wrt[-1] == i]
+            weights = [v64 if order == 1 else v64 * u64[d.entries[k].wrt[0]] for k in keys]
+            label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else f"d²/d{d.names[i]}·"
+            if values[i].shape == shape:
+                verdict.merge(judged(keys, weights, grads[i], label, v64 if order == 1 else None, order == 1))
+            else:
+                elements, refine = batch.broadcast(i, grads[i], x64[i], shape, skip, label, keys, weights)
+                verdict.merge(judge(elements, refine, check.dtype, check.tol))
+    if FORWARD in check.modes:
+        # The output's tangent when each input carries a random tangent t_i: sum_i f_i' t_i.
+        tangents = [cotangent(shape, check.dtype, check.device, generator) for _ in range(n)]
+        if check.pointwise:
+            along = pointwise_jvp(check.f, values, shape, tangents, check.name)
         else:
-            elements, refine = batch.broadcast(i, grads[i], x64[i], shape, skip, label, keys, weights)
-        verdict.merge(judge(elements, refine, check.dtype, check.tol))
+            along = jvp(check.f, [x.expand(shape) for x in values], tangents, check.name)[1]
+        t64 = [t.to(torch.float64).reshape(-1) for t in tangents]
+        keys = list(range(len(d.entries)))
+        weights = [t64[d.entries[k].wrt[-1]] for k in keys]
+        label = (label_of(d.symbols, d.entries[0]) if n == 1 else "jvp") + ", forward mode"
+        verdict.merge(judged(keys, weights, along, label, t64[0] if n == 1 else None, n == 1))
     return verdict
 
 
@@ -526,13 +546,13 @@ JITTERED = 2
 
 def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: torch.Generator) -> Verdict:
     """One point of a function of large tensors: ``<x.grad, u>`` after one backward with
-    cotangent ``v``, against the exact ``<v, J u>`` by forward mode, along random
-    directions ``u``; where they disagree, the wrong elements are found by bisection."""
+    cotangent ``v`` (reverse mode), and ``<v, J u>`` from dual tensors carrying ``u``
+    (forward mode), against the exact ``<v, J u>`` by forward mode over ``f``'s operations,
+    along random directions ``u``; where they disagree, the wrong elements are found by
+    bisection."""
     values = [x.detach().to(device=check.device, dtype=check.dtype) if x.is_floating_point() else x.detach()
               for x in columns]
     moving = [i for i, x in enumerate(values) if x.is_floating_point()]
-    sizes = [values[i].numel() for i in moving]
-    total = sum(sizes)
     order = check.derivatives.order
     directions = [_signed(generator, (DIRECTIONS, *values[i].shape)) for i in moving]
     # Order 2: autograd's x.grad after the second backward is H w (H the Hessian of <v, f>),
@@ -541,19 +561,43 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     exact = _Directional(check, values, moving, second)
     out, tangents, magnitudes, operations, roundoff = exact.run(directions)
     v = cotangent(tuple(out.shape), check.dtype, check.device, generator)
-    w = [t.to(check.dtype) for t in second] if second is not None else None
-    _, grads = vjp(floating_only(check.f, values), [values[i] for i in moving], order, v, w)
-    flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
-        torch.zeros(0, dtype=torch.float64)
     exact.v = v.to(torch.float64).cpu()
     # How much rounding may move either side: rtol per unit of the computation's size (the
     # same sum with every term in magnitude), more for a longer chain of operations.
     # A leg of the code in a narrower dtype (x.float() inside a float64 function) rounds there.
     rtol = max(check.tol.rtol, tolerance_for(_dtype_of(roundoff), None, None).rtol) if roundoff else check.tol.rtol
     exact.scale = rtol * (1 + operations / 16)
-    expected, slack = exact.contract(tangents, magnitudes)
     u = torch.stack([torch.cat([d[k].reshape(-1) for d in directions]) for k in range(DIRECTIONS)])
-    got = (u * flat).sum(1)
+    f = floating_only(check.f, values)
+    verdict = Verdict()
+    if REVERSE in check.modes:
+        w = [t.to(check.dtype) for t in second] if second is not None else None
+        _, grads = vjp(f, [values[i] for i in moving], order, v, w)
+        flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
+            torch.zeros(0, dtype=torch.float64)
+        verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, lambda rows: rows @ flat, ""))
+    if FORWARD in check.modes:
+        def along(rows: torch.Tensor) -> torch.Tensor:
+            """<v, J r> by torch's forward mode, per row r of ``rows`` (one dual pass each)."""
+            sums, parts = [], exact.split(rows)
+            for r in range(rows.shape[0]):
+                _, tangent = jvp(f, [values[i] for i in moving], [p[r] for p in parts], check.name)
+                sums.append((tangent.to(torch.float64).cpu().reshape(-1) * exact.v.reshape(-1)).sum())
+            return torch.stack(sums) if sums else torch.zeros(0, dtype=torch.float64)
+
+        verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, along, ", forward mode"))
+    return verdict
+
+
+def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: torch.Tensor, tangents: torch.Tensor,
+                 magnitudes: torch.Tensor, along: Callable[[torch.Tensor], torch.Tensor], mode: str) -> Verdict:
+    """One of torch's modes (``along(rows)``: its ``<v, J r>`` per row of directions) against
+    the exact side along ``u``; where they disagree, the elements located by bisection."""
+    check, values, moving = exact.check, exact.values, exact.moving
+    order = check.derivatives.order
+    total = u.shape[1]
+    expected, slack = exact.contract(tangents, magnitudes)
+    got = along(u)
     verdict = Verdict()
     finite = torch.isfinite(expected)
     if not bool(finite.all()):
@@ -561,7 +605,7 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
         return verdict
     allowed = check.tol.atol + slack
     wrong = ~((got - expected).abs() <= allowed)
-    if bool(wrong.any()):  # before anything is called wrong: how far f's own rounding moves the exact side
+    if bool(wrong.any()) and not exact.jitter:  # before anything is called wrong: how far f's own rounding moves the exact side
         exact.jitter = True
         expected, slack = exact.contract(*exact.run(directions)[1:3])
         allowed = check.tol.atol + slack
@@ -577,9 +621,9 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
         # So does a coarse tolerance over many elements (float32: one element in 1e5 wholly
         # wrong moves <x.grad, u> by less than rtol times its size).
         coarse = exact.scale * total > RESOLUTION
-        blocks = _failing_blocks(exact, u[0], flat, total) if (exact.kinks or coarse) and total > 1 else []
+        blocks = _failing_blocks(exact, u[0], along, total) if (exact.kinks or coarse) and total > 1 else []
         if not blocks:
-            verdict.worst = [_direction_row(got[worst], expected[worst], allowed[worst], worst, False)]
+            verdict.worst = [_direction_row(got[worst], expected[worst], allowed[worst], worst, False, mode)]
             return verdict
         k, start = 0, blocks
     else:
@@ -587,20 +631,22 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     if start == [(0, total)] and total > 1:
         # How widespread the error is: each block of the inputs wrong along u holds at least
         # one wrong element (the count is a lower bound; exact where blocks are single elements).
-        start = _failing_blocks(exact, u[k], flat, total) or start
+        start = _failing_blocks(exact, u[k], along, total) or start
     if start != [(0, total)] or total == 1:
         verdict.wrong_blocks, verdict.blocks = len(start), min(KINK_BLOCKS, total)
         verdict.block_size = -(-total // verdict.blocks)
-    located = _bisect(exact, u[k], flat, total, start)
+    located = _bisect(exact, u[k], along, total, start)
     if not located:  # errors that cancel in every block: report the direction itself
         verdict.failed = max(1, verdict.wrong_blocks)
-        verdict.worst = [_direction_row(got[k], expected[k], allowed[k], k, True)]
+        verdict.worst = [_direction_row(got[k], expected[k], allowed[k], k, True, mode)]
         return verdict
     units = torch.zeros(len(located), total, dtype=torch.float64)
     for row, j in enumerate(located):
         units[row, j] = 1.0
     element, element_slack = exact.contract(*exact.run(exact.split(units))[1:3])
     element_allowed = check.tol.atol + element_slack
+    element_got = along(units)
+    sizes = [values[i].numel() for i in moving]
     starts = np.cumsum([0, *sizes])
     # A scalar output (a loss) had one upstream gradient v: rows show the derivative per unit of it
     v = float(exact.v.reshape(-1)[0]) if exact.v.numel() == 1 and order == 1 and float(exact.v.reshape(-1)[0]) else None
@@ -609,14 +655,14 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
         which = int(np.searchsorted(starts, j, side="right") - 1)
         position = moving[which]
         index = tuple(int(i) for i in np.unravel_index(j - starts[which], tuple(values[position].shape)))
-        autograd, wanted = float(flat[j]), float(element[row])
+        autograd, wanted = float(element_got[row]), float(element[row])
         difference, allowed_here = abs(autograd - wanted), float(element_allowed[row])
         failed = not difference <= allowed_here
         verdict.failed += failed
         name = check.derivatives.names[position] if position < len(check.derivatives.names) else f"input {position}"
         verdict.worst.append(Row(
             inputs=(float(values[position].reshape(-1)[j - starts[which]]),),
-            where=f"d/d{name}" if order == 1 else f"d²/d{name}·",
+            where=(f"d/d{name}" if order == 1 else f"d²/d{name}·") + mode,
             autograd=autograd / per, expected=wanted / per, upstream=v, abs_error=difference / abs(per),
             rel_error=difference / abs(wanted) if wanted else (0.0 if autograd == wanted else math.inf),
             ulp_error=float(difference / ulp(torch.tensor(wanted, dtype=torch.float64), check.dtype)),
@@ -729,29 +775,33 @@ KINK_BLOCKS = 64
 RESOLUTION = 2.0**-20
 
 
-def _failing_blocks(exact: _Directional, u: torch.Tensor, flat: torch.Tensor, total: int) -> list[tuple[int, int]]:
+Along = Callable[[torch.Tensor], torch.Tensor]  # [R, total] directions -> autograd's <v, J r> per row
+
+
+def _failing_blocks(exact: _Directional, u: torch.Tensor, along: Along, total: int) -> list[tuple[int, int]]:
     """The blocks (of about ``total / KINK_BLOCKS`` elements) where autograd is wrong along ``u``."""
     edges = sorted({round(total * b / KINK_BLOCKS) for b in range(KINK_BLOCKS + 1)})
     blocks = list(zip(edges[:-1], edges[1:]))
-    return [b for b, bad in zip(blocks, _block_excess(exact, u, flat, total, blocks)) if not bad <= 1.0]
+    return [b for b, bad in zip(blocks, _block_excess(exact, u, along, total, blocks)) if not bad <= 1.0]
 
 
-def _block_excess(exact: _Directional, u: torch.Tensor, flat: torch.Tensor, total: int,
-                  blocks: list[tuple[int, int]]) -> torch.Tensor:
+def _block_excess(exact: _Directional, u: torch.Tensor, along: Along, total: int,
+                  blocks: list[tuple[int, int]], got: torch.Tensor | None = None) -> torch.Tensor:
     """Per block: |autograd - exact| along ``u`` restricted to it, over its allowance."""
     rows = torch.zeros(len(blocks), total, dtype=torch.float64)
     for r, (lo, hi) in enumerate(blocks):
         rows[r, lo:hi] = u[lo:hi]
     out = exact.run(exact.split(rows))
     expected, slack = exact.contract(out[1], out[2])
-    excess = ((rows @ flat) - expected).abs() / (exact.check.tol.atol + slack)
+    got = along(rows) if got is None else got
+    excess = (got - expected).abs() / (exact.check.tol.atol + slack)
     if not exact.jitter and not bool((excess <= 1.0).all()):
         exact.jitter = True
-        return _block_excess(exact, u, flat, total, blocks)
+        return _block_excess(exact, u, along, total, blocks, got)
     return excess
 
 
-def _bisect(exact: _Directional, u: torch.Tensor, flat: torch.Tensor, total: int,
+def _bisect(exact: _Directional, u: torch.Tensor, along: Along, total: int,
             blocks: list[tuple[int, int]]) -> list[int]:
     """The elements where autograd is wrong along ``u``: halve the failing ``blocks`` of the
     concatenated inputs, keeping the :data:`LOCATED` worst at each level."""
@@ -764,7 +814,7 @@ def _bisect(exact: _Directional, u: torch.Tensor, flat: torch.Tensor, total: int
             else:
                 middle = (lo + hi) // 2
                 halves += [(lo, middle), (middle, hi)]
-        excess = _block_excess(exact, u, flat, total, halves)
+        excess = _block_excess(exact, u, along, total, halves)
         failing = [(float(excess[r]), halves[r]) for r in range(len(halves)) if not excess[r] <= 1.0]
         if not failing:
             return []
@@ -773,8 +823,10 @@ def _bisect(exact: _Directional, u: torch.Tensor, flat: torch.Tensor, total: int
     return sorted(lo for lo, _ in blocks)
 
 
-def _direction_row(got: torch.Tensor, expected: torch.Tensor, allowed: torch.Tensor, k: int, failed: bool) -> Row:
+def _direction_row(got: torch.Tensor, expected: torch.Tensor, allowed: torch.Tensor, k: int, failed: bool,
+                   mode: str = "") -> Row:
     g, e = float(got), float(expected)
-    return Row(inputs=(), where=f"<x.grad, u> along random direction {k}", autograd=g, expected=e, upstream=None,
+    side = "<v, J u> by dual tensors" if mode else "<x.grad, u>"
+    return Row(inputs=(), where=f"{side} along random direction {k}", autograd=g, expected=e, upstream=None,
                abs_error=abs(g - e), rel_error=abs(g - e) / abs(e) if e else (0.0 if g == e else math.inf),
                ulp_error=math.nan, allowed=float(allowed), failed=failed)

@@ -39,6 +39,8 @@ class Report:
         failing: the failing points found first (at most 256), each a tuple of input values.
         failed_at_least: ``failed`` is a lower bound: a function of large tensors, checked
             along directions, where the wrong elements were counted by blocks (see the notes).
+        modes: the ways of computing derivatives that were judged: ``"rev"`` (reverse mode,
+            ``x.grad``) and ``"fwd"`` (forward mode, the JVP).
         reproduce: one line of Python that replays the failure.
         timed_out: the deadline ended the check before every point was judged.
     """
@@ -68,6 +70,7 @@ class Report:
     timed_out: bool = False
     failing: list[tuple[float, ...]] = field(default_factory=list)
     failed_at_least: bool = False
+    modes: tuple[str, ...] = ("rev",)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -93,6 +96,7 @@ class Report:
             "checked": self.checked,
             "failed": self.failed,
             "failed_at_least": self.failed_at_least,
+            "modes": list(self.modes),
             "skipped": dict(self.skipped),
             "kinks": self.kinks,
             "max_ulp": _number(self.max_ulp),
@@ -249,6 +253,7 @@ def build_report(
         timed_out=timed_out,
         failing=list(verdict.failing),
         failed_at_least=at_least,
+        modes=tuple(check.modes),
     )
     if not report.ok:
         report.reproduce = _reproduce(check, inputs, report.counterexample, reference)
@@ -343,6 +348,8 @@ def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[f
         options.append(f"order={check.derivatives.order}")
     if check.strict:
         options.append("strict=True")
+    if tuple(check.modes) != ("rev",):
+        options.append(f"modes={tuple(check.modes)!r}")
     modules = ["torch", "autocheck"]
     if reference is not None:
         found = _importable(reference) if callable(reference) else None
@@ -419,7 +426,10 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 
 def _where(row: Row) -> str:
-    return row.where + (f"[{', '.join(map(str, row.index))}]" if row.index else "")
+    """``d/dx[2, 7]``, and ``d/dx[2, 7], forward mode`` for forward mode's derivative."""
+    mode = ", forward mode" if row.where.endswith(", forward mode") else ""
+    base = row.where.removesuffix(mode)
+    return base + (f"[{', '.join(map(str, row.index))}]" if row.index else "") + mode
 
 
 def points_table(report: Report) -> list[str]:
@@ -436,7 +446,9 @@ def format_report(report: Report) -> str:
     """The report as text: headline, counts, worst points, formula, reproduce line."""
     kind = "gradient" if report.order == 1 else f"order-{report.order} derivative"
     total = report.checked
-    where = f"({report.dtype}, {report.device}{', strict' if report.strict else ''})"
+    modes = {("fwd",): ", forward mode", ("rev", "fwd"): ", reverse and forward mode",
+             ("fwd", "rev"): ", reverse and forward mode"}.get(tuple(report.modes), "")
+    where = f"({report.dtype}, {report.device}{', strict' if report.strict else ''}{modes})"
     lines = []
     if report.ok:
         lines.append(f"{kind} of {report.function} matches the exact derivative {where}")
@@ -466,9 +478,14 @@ def format_report(report: Report) -> str:
     if report.worst:
         lines.append("Worst points:" if report.ok else "Failing points (worst first):")
         lines += points_table(report)
-        if any(row.upstream for row in report.worst):
+        directional = report.formula.startswith(("<v, J u>", "u^T H w"))
+        forward = not directional and any(row.where.endswith("forward mode") for row in report.worst)
+        if any(row.upstream for row in report.worst if not row.where.endswith("forward mode")):
             lines.append("  (backward ran with random upstream gradients v, |v| in [0.5, 0.9]; the autograd column "
                          "is x.grad / v, and the errors are per unit of v)")
+        if forward:
+            lines.append("  (forward mode: the inputs carried random tangents t, |t| in [0.5, 0.9]; a row of one input "
+                         "shows the JVP / t, a jvp row the JVP itself)")
     lines.append(f"Exact derivative: {report.formula}")
     if not report.ok and report.counterexample and all(isinstance(v, float) for v in report.counterexample):
         at = ", ".join(f"{n} = {_fmt(v)}" for n, v in zip(report.names, report.counterexample))

@@ -14,6 +14,7 @@ Options (``--autocheck-x`` on the command line wins over ``autocheck_x`` in the 
     --autocheck-seed=N                seed for every check (default: drawn once per run and shown in the header)
     --autocheck-deadline=SECONDS      deadline of each check
     --autocheck-strict                strict checks
+    --autocheck-modes=rev|fwd         reverse and/or forward mode (repeatable; default rev)
 
 Use::
 
@@ -51,12 +52,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--autocheck-seed", type=int, default=None, help="seed for every check (default: random, shown in the header)")
     group.addoption("--autocheck-deadline", type=float, default=None, help="seconds each check may take")
     group.addoption("--autocheck-strict", action="store_true", default=None, help="strict checks (see strict=)")
+    group.addoption(
+        "--autocheck-modes", action="append", choices=("rev", "fwd"), default=None,
+        help="modes of every check (repeatable: rev = reverse mode, fwd = forward mode; default: rev)",
+    )
     parser.addini("autocheck_device", "devices for grad_check (cpu, cuda, all)", type="linelist", default=[])
     parser.addini("autocheck_dtype", "dtypes for grad_check", type="linelist", default=[])
     parser.addini("autocheck_examples", "batches of points per check when inputs are drawn", default="")
     parser.addini("autocheck_seed", "seed for every check", default="")
     parser.addini("autocheck_deadline", "seconds each check may take", default="")
     parser.addini("autocheck_strict", "strict checks", type="bool", default=False)
+    parser.addini("autocheck_modes", "modes of every check (rev, fwd)", type="linelist", default=[])
 
 
 def _setting(config: pytest.Config, name: str, kind: Callable[[str], Any] = str) -> Any:
@@ -190,6 +196,9 @@ def grad_check(request: pytest.FixtureRequest, autocheck_device: str, autocheck_
         defaults["deadline"] = deadline
     if _setting(config, "strict", bool):
         defaults["strict"] = True
+    modes = _setting(config, "modes")
+    if modes:
+        defaults["modes"] = tuple(modes)
     marker = request.node.get_closest_marker("autocheck")
     if marker is not None:  # the marker's options, but this run's device and dtype
         defaults.update({k: v for k, v in marker.kwargs.items() if k not in ("device", "dtype")})

@@ -458,3 +458,10 @@ def test_hostile_formula_in_a_real_process_creates_nothing(tmp_path):
     assert done.returncode == 2
     assert "calling `__import__('os').system` is not allowed" in done.stderr
     assert not (tmp_path / "X").exists()
+
+
+def test_modes_reach_the_check_and_the_reproduce_line(capsys):
+    assert run("check", "x**2*exp(x)", "--modes", "rev,fwd", "--seed", "0", "--examples", "2", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["modes"] == ["rev", "fwd"]
+    assert run("check", "x*x", "--modes", "sideways") == 2
+    assert 'modes must hold "rev" (reverse mode: x.grad) and/or "fwd"' in capsys.readouterr().err

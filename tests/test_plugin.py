@@ -149,3 +149,20 @@ def test_suite_passes_under_xdist(pytester):
     pytester.makepyfile(SUITE)
     result = pytester.runpytest_subprocess("-n", "2", "--autocheck-device=cpu", "--autocheck-examples=2")
     result.assert_outcomes(passed=2)
+
+
+def test_modes_come_from_the_ini_file_or_the_command_line(pytester):
+    pytester.makefile(".toml", pyproject="""
+        [tool.pytest.ini_options]
+        autocheck_modes = ["rev", "fwd"]
+        autocheck_device = ["cpu"]
+    """)
+    pytester.makepyfile("""
+        import torch
+
+        def test_modes(grad_check):
+            report = grad_check(torch.sin, examples=2)
+            assert report.modes == ("rev", "fwd")
+    """)
+    pytester.runpytest().assert_outcomes(passed=1)
+    pytester.runpytest("--autocheck-modes=fwd").assert_outcomes(failed=1)  # the command line wins: ("fwd",)

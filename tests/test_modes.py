@@ -1,0 +1,166 @@
+"""Forward mode: the JVP of dual tensors judged against the exact derivative, with the same
+error model and report as reverse mode, for functions of scalars, of small tensors and of
+large ones; a custom Function's jvp is checked, and one without it gets a clear error."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import autocheck
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+F64 = torch.float64
+BOTH = ("rev", "fwd")
+
+
+class ExpWithWrongJvp(torch.autograd.Function):
+    """exp, whose jvp is twice too large above 2 (its backward is right)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x)
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return tangent * torch.exp(x) * torch.where(x > 2, 2.0, 1.0)
+
+
+class WrongForward(torch.autograd.Function):
+    """Meant to be x**2 e**x, with both derivative formulas for that, but its forward computes x e**x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+        return x * torch.exp(x)  # the bug: x * x * torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x * x + 2 * x) * torch.exp(x)
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return tangent * (x * x + 2 * x) * torch.exp(x)
+
+
+class NoJvp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x)
+
+
+def test_a_wrong_jvp_is_caught_in_forward_mode_only():
+    assert autocheck.check_grad(ExpWithWrongJvp.apply, seed=0).ok  # reverse mode: the backward is right
+    report = autocheck.check_grad(ExpWithWrongJvp.apply, seed=0, modes=BOTH)
+    assert not report.ok and report.counterexample == (3.0,)
+    row = report.worst[0]
+    assert row.where == "d/dx, forward mode" and row.autograd == pytest.approx(2 * row.expected, rel=1e-12)
+    assert report.reproduce.endswith("seed=0, modes=('rev', 'fwd'))")
+    text = str(report)
+    assert "d/dx, forward mode" in text and "forward mode: the inputs carried random tangents t" in text
+
+
+def test_a_wrong_forward_formula_is_caught_in_both_modes():
+    for modes in (("rev",), ("fwd",)):
+        report = autocheck.check_grad(WrongForward.apply, seed=0, modes=modes)
+        assert not report.ok and report.worst[0].where == ("d/dx" if modes == ("rev",) else "d/dx, forward mode")
+
+
+def test_a_function_without_jvp_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"modes includes 'fwd', but NoJvp\.apply calls a custom autograd\.Function "
+                                        r"without a jvp staticmethod"):
+        autocheck.check_grad(NoJvp.apply, seed=0, modes=BOTH)
+
+
+def test_functions_of_several_inputs_are_checked_by_their_jvp():
+    report = autocheck.check_grad(lambda x, y: x * torch.sin(y) + torch.exp(x * y), seed=0, examples=3, modes=("fwd",))
+    assert report.ok and report.worst[0].where == "jvp, forward mode"
+
+
+def test_small_and_large_tensor_functions_in_both_modes():
+    a = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    assert autocheck.check_grad(lambda a: (a @ a.T).tanh().sum(), a, seed=0, modes=BOTH).ok
+    x = torch.randn(8, 512, dtype=F64, generator=torch.Generator().manual_seed(1))
+    report = autocheck.check_grad(lambda x: F.layer_norm(x, (512,)).pow(3).sum(), x, seed=0, modes=BOTH)
+    assert report.ok and report.checked == 2 * x.numel()  # every element, once per mode
+
+
+def test_a_wrong_jvp_of_a_tensor_function_is_located():
+    class RunningSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.cumsum(1)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad.flip(1).cumsum(1).flip(1)
+
+        @staticmethod
+        def jvp(ctx, tangent):
+            out = tangent.cumsum(1)
+            out[2, 7] = 0.0  # the bug: one element of the output's tangent
+            return out
+
+    x = torch.randn(10, 20, dtype=F64, generator=torch.Generator().manual_seed(0))
+    report = autocheck.check_grad(RunningSum.apply, x, seed=0, modes=BOTH)
+    assert not report.ok
+    # <v, J e_j> is wrong for the inputs that output [2, 7] depends on: x[2, 0..7]
+    located = {row.index for row in report.worst if row.failed}
+    assert located and all(i[0] == 2 and i[1] <= 7 for i in located)
+    assert all(row.where == "d/dx, forward mode" for row in report.worst if row.failed)
+    assert "d/dx[2, " in str(report) and "], forward mode" in str(report)
+
+
+@pytest.mark.parametrize(
+    ("modes", "order", "message"),
+    [
+        (("sideways",), 1, r'modes must hold "rev" \(reverse mode: x\.grad\) and/or "fwd"'),
+        ((), 1, r"modes must hold"),
+        (("fwd",), 2, r'modes=\("fwd",\) checks first derivatives; order=2 is checked in reverse mode'),
+    ],
+)
+def test_bad_modes_are_refused(modes, order, message):
+    with pytest.raises(ValueError, match=message):
+        autocheck.check_grad(torch.sin, seed=0, modes=modes, order=order)
+
+
+def _table():
+    from bench_speed import table_functions
+
+    return table_functions()
+
+
+TABLE = _table()
+NO_JVP = {"`autograd_function_ctx`", "`autograd_function_setup_context`"}  # custom Functions without jvp
+
+
+@pytest.mark.parametrize("name", [n for n in TABLE if n not in NO_JVP])
+def test_forward_mode_agrees_with_reverse_mode_on_the_derivative_table(name):
+    # Every correct function passes in both modes; torch's known defects (hardsigmoid's 1/6 in
+    # float32, gelu far left, ...) show in both.
+    f = TABLE[name]
+    reverse = autocheck.check_grad(f, seed=0, examples=2)
+    forward = autocheck.check_grad(f, seed=0, examples=2, modes=("fwd",))
+    assert forward.ok == reverse.ok, str(forward)
