@@ -27,7 +27,7 @@ from ._compare import (
 from ._error_model import PERTURBATION, UNDERFLOW, UNIT, Allowance, autograd_allowance, expand_ops, formula_allowance
 from ._errors import TraceError
 from ._symbolic import Derivatives, label_of
-from ._trace import OpPartial
+from ._trace import OpPartial, uncompiled
 
 #: The allowance's op atoms (local derivatives) need this relative accuracy, no more: the
 #: allowance is a bound, and a factor of two either way does not change a verdict.
@@ -744,9 +744,9 @@ class _Directional:
         if self.second is not None:
             ws = iter(self.second)
             seeds2 = [(x, t, next(ws)) for x, t in zip(inputs, tangents) if t is not None]
-            return _directional.second_order_at(self.check.f, inputs, seeds2, k, jitter)
+            return _directional.second_order_at(uncompiled(self.check.f), inputs, seeds2, k, jitter)
         seeds = [(x, t) for x, t in zip(inputs, tangents) if t is not None]
-        return _directional.directional_at(self.check.f, inputs, seeds, k, jitter)
+        return _directional.directional_at(uncompiled(self.check.f), inputs, seeds, k, jitter)
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """``[K, total]`` directions over the concatenated inputs, as one ``[K, *shape]`` per input."""

@@ -350,6 +350,10 @@ def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[f
         options.append("strict=True")
     if tuple(check.modes) != ("rev",):
         options.append(f"modes={tuple(check.modes)!r}")
+    from ._compare import tolerance_for
+
+    if tuple(check.tol) != tuple(tolerance_for(check.dtype, None, None)):
+        options.append(f"rtol={check.tol.rtol!r}, atol={check.tol.atol!r}")
     modules = ["torch", "autocheck"]
     if reference is not None:
         found = _importable(reference) if callable(reference) else None
@@ -380,12 +384,12 @@ def _importable(f: Any) -> tuple[str, str] | None:
         module, path = getattr(f, "__module__", None), getattr(f, "__qualname__", None)
     if not module or not path or "<" in path or module == "__main__":
         return None
-    if module.startswith("torch"):  # its public name: torch.sigmoid, torch.nn.functional.gelu
-        for public in ("torch", "torch.nn.functional", "torch.special", "torch.linalg", "torch.fft"):
-            namespace = importlib.import_module(public)
-            if not isinstance(owner, type) and getattr(namespace, getattr(f, "__name__", ""), None) is f:
-                module, path = public, f.__name__
-                break
+    if module.startswith("torch") and not isinstance(owner, type):  # its public name: torch.nn.functional.gelu
+        from ._trace import public_torch_name
+
+        public = public_torch_name(f)
+        if public is not None:
+            module, _, path = public.rpartition(".")
     try:
         value: Any = importlib.import_module(module)
         for part in path.split("."):

@@ -1790,6 +1790,7 @@ def trace(
     """
     if not callable(f):
         raise TypeError(f"f must be a callable taking tensors, got f={f!r}")
+    f = uncompiled(f)
     if names is None:
         names = parameter_names(f)
     if shapes is None:
@@ -1806,6 +1807,15 @@ def trace(
     if names is None or len(names) != len(shapes):
         names = default_names(len(shapes))
     return _trace_with(f, tuple(names), shapes, dtype, mark)
+
+
+def uncompiled(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The function ``torch.compile`` wrapped (the mathematics is traced from it, not from the
+    compiled code, which Dynamo would compile again with autocheck's own tracing inside)."""
+    original = getattr(f, "_torchdynamo_orig_callable", None)
+    if original is None and isinstance(f, torch.nn.Module):
+        original = getattr(f, "_orig_mod", None)
+    return f if original is None else uncompiled(original)
 
 
 def _trace_builtin(f: Callable[..., Any], dtype: torch.dtype, mark: bool = False) -> Trace:
@@ -1882,9 +1892,36 @@ def function_name(f: Any) -> str:
     if name is None:
         return type(f).__name__
     if module == "torch" or module.startswith("torch."):
-        # Builtins carry the name of the class that holds them (_VariableFunctionsClass.sigmoid).
-        return f"{module}.{name}"
+        # Builtins carry the name of the class that holds them (_VariableFunctionsClass.sigmoid),
+        # or of a private module (torch._C._nn.softplus): the public name where there is one.
+        return public_torch_name(f) or f"{module}.{name}"
     return qualname.rpartition("<locals>.")[2]  # a function defined inside another: its own name
+
+
+#: Where torch's public functions live, the most specific first.
+_PUBLIC_TORCH = ("torch.nn.functional", "torch.special", "torch.linalg", "torch.fft", "torch")
+_public_names: dict[int, str | None] = {}
+
+
+def public_torch_name(f: Any) -> str | None:
+    """``torch.nn.functional.softplus`` for ``torch._C._nn.softplus``, ``torch.special.expit``
+    for ``torch._C._special.special_expit``; None where torch has no public name for ``f``."""
+    key = id(f)
+    if key not in _public_names:
+        import importlib
+
+        found = None
+        for public in _PUBLIC_TORCH:
+            namespace = importlib.import_module(public)
+            if getattr(namespace, getattr(f, "__name__", ""), None) is f:
+                found = f"{public}.{f.__name__}"
+                break
+            names = [n for n, value in vars(namespace).items() if value is f and not n.startswith("_")]
+            if names:
+                found = f"{public}.{min(names, key=len)}"
+                break
+        _public_names[key] = found
+    return _public_names[key]
 
 
 def _describe(f: Callable[..., Any]) -> str:

@@ -422,3 +422,18 @@ def test_a_float_constant_prints_as_a_float_not_a_long_rational():
     x = torch.tensor([1.0], dtype=torch.float64)
     assert autocheck.check_grad(lambda x: 1.2345678901234 * x * x, x, seed=0).formula == "d/dx = 2.4691357802468*x"
     assert autocheck.check_grad(lambda x: 0.1 * x * x, x, seed=0).formula == "d/dx = x/5"  # short ones stay exact
+
+
+def test_torch_functions_are_named_by_their_public_names():
+    x = torch.tensor([0.5], dtype=torch.float64)
+    names = [autocheck.check_grad(f, x, seed=0).function for f in (torch.sigmoid, F.softplus, torch.special.expit)]
+    assert names == ["torch.sigmoid", "torch.nn.functional.softplus", "torch.special.expit"]
+
+
+def test_the_reproduce_line_keeps_a_tolerance_given():
+    report = autocheck.check_grad(torch.special.expit, torch.tensor([0.5], dtype=torch.float64), seed=0,
+                                  rtol=1e-30, atol=0.0)
+    assert not report.ok
+    assert report.reproduce.endswith("autocheck.assert_grad_matches(torch.special.expit, torch.tensor([0.5], "
+                                     "dtype=torch.float64), dtype=torch.float64, device='cpu', seed=0, rtol=1e-30, "
+                                     "atol=0.0)")
