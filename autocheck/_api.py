@@ -84,7 +84,9 @@ def assert_grad_matches(
             backward: a function of tensors (traced instead of ``f``) or a SymPy expression
             in symbols named after ``f``'s parameters.
         order: 1 compares gradients; 2 compares second derivatives (through
-            ``create_graph=True``), which catches a backward that is not itself differentiable.
+            ``create_graph=True``), which catches a backward that is not itself differentiable;
+            3 to 6 take the gradients through their graph again, once per order (functions
+            of scalars, and of tensors of up to 100 elements).
         dtype: float64, float32, float16 or bfloat16. Default: the inputs' dtype, or float64.
         device: "cpu", "cuda" or a torch.device. Default: the inputs' device, or CPU.
         examples: batches of points when inputs are drawn (default 25: the special values,

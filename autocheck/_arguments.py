@@ -18,9 +18,14 @@ def check_callable(f: Any) -> None:
         )
 
 
+#: The highest order a check takes: each order multiplies the size of the exact derivatives.
+MAX_ORDER = 6
+
+
 def check_order(order: Any) -> int:
-    if isinstance(order, bool) or not isinstance(order, int) or order not in (1, 2):
-        raise ValueError(f"order must be 1 (gradients) or 2 (second derivatives), got order={order!r}")
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= MAX_ORDER:
+        raise ValueError(f"order must be 1 (gradients), 2 (second derivatives), ... up to {MAX_ORDER}, "
+                         f"got order={order!r}")
     return order
 
 

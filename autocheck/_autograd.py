@@ -79,10 +79,12 @@ def vjp(
     values: Sequence[torch.Tensor],
     order: int,
     v: torch.Tensor,
-    u: Sequence[torch.Tensor] | None = None,
+    u: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``x.grad`` for each input after ``backward(v)`` (order 2: after a second backward
-    with upstream gradients ``u`` through the graph of the first gradients).
+    """``x.grad`` for each input after ``backward(v)``; order n: the gradients ``g`` of
+    ``<f, v>`` are taken again through their graph, level by level, as gradients of
+    ``sum_i <g_i, u_l[i]>`` for the levels ``u`` (``order - 1`` of them, one tensor per
+    input each), the last level by ``backward``.
 
     Returns the forward value (detached) and one gradient per input, zeros where autograd
     leaves ``.grad`` unset (the output does not depend on that input).
@@ -93,8 +95,15 @@ def vjp(
     if order == 1:
         out.backward(v)
     else:
-        firsts = torch.autograd.grad(out, leaves, v, create_graph=True, allow_unused=True)
-        connected = [(g, w) for g, w in zip(firsts, u or ()) if g is not None and g.requires_grad]
+        levels = list(u or ())
+        grads = torch.autograd.grad(out, leaves, v, create_graph=True, allow_unused=True)
+        for level in levels[:-1]:
+            connected = [(g * w.expand(g.shape)).sum() for g, w in zip(grads, level) if g is not None and g.requires_grad]
+            if not connected:
+                grads = (None,) * len(leaves)
+                break
+            grads = torch.autograd.grad(sum(connected), leaves, create_graph=True, allow_unused=True)
+        connected = [(g, w) for g, w in zip(grads, levels[-1]) if g is not None and g.requires_grad]
         if connected:
             torch.autograd.backward([g for g, _ in connected], [w.expand(g.shape) for g, w in connected])
     return out.detach(), [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
@@ -151,7 +160,7 @@ def pointwise(
     flat = [p.expand(shape).reshape(-1) for p in values]
     forwards, grads = [], [[] for _ in values]
     for k in range(flat[0].numel()):
-        uk = [w.reshape(-1)[k] for w in u] if u is not None else None
+        uk = [[w.reshape(-1)[k] for w in level] for level in u] if u is not None else None
         forward, g = vjp(f, [p[k] for p in flat], order, v.reshape(-1)[k], uk)
         forwards.append(forward.reshape(()))
         for i, gi in enumerate(g):
@@ -229,7 +238,15 @@ def structural_faults(
         packed.append(t)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = _output(f, leaves)
+    except RuntimeError as error:
+        if "saved tensor hooks" not in str(error):
+            raise
+        # torch.func's grad, vjp, jacrev and hessian refuse saved-tensor hooks: what their
+        # backward saves is not looked at, the rest of the checks run
+        packed.clear()
         out = _output(f, leaves)
     # Copied once the forward is over: it may update what it saved itself (batch norm's
     # running statistics in training mode); only what backward changes is a fault.

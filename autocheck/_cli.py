@@ -111,8 +111,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     check.add_argument("--reference", metavar="FORMULA",
                        help="the exact mathematics as a formula in f's parameter names (for module:function)")
     _dtype_device(check)
-    check.add_argument("--order", type=int, default=1, choices=(1, 2),
-                       help="1: gradients (default), 2: second derivatives")
+    check.add_argument("--order", type=int, default=1, choices=range(1, 7), metavar="N",
+                       help="1: gradients (default), 2: second derivatives, ... up to 6")
     check.add_argument("--domain", action="append", default=[], metavar="NAME=LOW:HIGH",
                        help='interval for one variable, e.g. "x=0.1:10", "x=0:" (x >= 0); repeatable')
     check.add_argument("--examples", type=int, default=None, metavar="N",

@@ -739,7 +739,17 @@ def directional_at(
     for x, d in seeds:
         mode.seed(x, d)
     with _tracing(False), mode:  # grad mode as autograd runs f; a custom Function's forward counts
-        out = f(*inputs)
+        try:
+            out = f(*inputs)
+        except RuntimeError as error:
+            if "device meta" not in str(error):
+                raise
+            # torch.func.hessian (jacfwd over jacrev) runs its own meta-tensor passes, which
+            # carry no tangents
+            raise TraceError(
+                "f nests torch.func transforms (hessian, jacfwd over jacrev) that the directional check cannot "
+                "follow: check the function they transform (order=2 checks its second derivatives)"
+            ) from None
     return Run(_followed(out, mode), mode.tangent(out), mode.magnitude(out), mode.operations, mode.roundoff)
 
 

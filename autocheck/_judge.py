@@ -230,7 +230,9 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     n, order = len(d.names), d.order
     shape = torch.broadcast_shapes(*[v.shape for v in values])
     v = cotangent(shape, check.dtype, check.device, generator)
-    u = [cotangent(shape, check.dtype, check.device, generator) for _ in range(n)] if order == 2 else None
+    # Order n: n - 1 levels of upstream gradients for the gradients' own backward passes
+    u = [[cotangent(shape, check.dtype, check.device, generator) for _ in range(n)] for _ in range(order - 1)] \
+        if order > 1 else None
     if check.pointwise:
         forward, grads = pointwise(check.f, values, shape, order, v, u)
     else:
@@ -242,7 +244,13 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     errors = [e.expand(shape).reshape(-1) if e is not None else None for e in errors]
     skip, bad_input = _not_finite(forward, x64, shape)
     v64 = v.to(torch.float64).reshape(-1)
-    u64 = [w.to(torch.float64).reshape(-1) for w in u] if u is not None else None
+    u64 = [[w.to(torch.float64).reshape(-1) for w in level] for level in u] if u is not None else None
+
+    def weight_of(k: int) -> torch.Tensor:
+        """v times the upstream gradients of each level, at the inputs entry ``k`` differentiates by."""
+        wrt = d.entries[k].wrt
+        return functools.reduce(torch.mul, [u64[level][wrt[level]] for level in range(order - 1)], v64)
+
     batch = _Batch(check, exact, x64, shape)
     points = batch.points_at
     verdict = Verdict()
@@ -278,8 +286,8 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     if REVERSE in check.modes:
         for i in range(n):
             keys = [k for k, entry in enumerate(d.entries) if entry.wrt[-1] == i]
-            weights = [v64 if order == 1 else v64 * u64[d.entries[k].wrt[0]] for k in keys]
-            label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else f"d²/d{d.names[i]}·"
+            weights = [weight_of(k) for k in keys]
+            label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else _higher(order, d.names[i])
             if values[i].shape == shape:
                 verdict.merge(judged(keys, weights, grads[i], label, v64 if order == 1 else None, order == 1))
             else:
@@ -450,7 +458,8 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
     d = check.derivatives
     values = [x.detach().to(device=check.device, dtype=check.dtype) for x in columns]
     v = cotangent(d.output_shape, check.dtype, check.device, generator)
-    u = [cotangent(x.shape, check.dtype, check.device, generator) for x in values] if d.order == 2 else None
+    u = [[cotangent(x.shape, check.dtype, check.device, generator) for x in values] for _ in range(d.order - 1)] \
+        if d.order > 1 else None
     forward, grads = vjp(check.f, values, d.order, v, u)
     if tuple(forward.shape) != d.output_shape:
         raise TraceError(
@@ -460,7 +469,7 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
     point = torch.cat([x.detach().to(torch.float64).reshape(-1).cpu() for x in values])
     columns64 = [p.reshape(1) for p in point]
     contract = Contraction(d, v.to(torch.float64).reshape(-1).cpu(),
-                           torch.cat([w.to(torch.float64).reshape(-1).cpu() for w in u]) if u else None)
+                           [torch.cat([w.to(torch.float64).reshape(-1).cpu() for w in level]) for level in u or ()])
     bounds = exact.slack(columns64, check.units, check.tol.rtol) if exact.exprs else ()
     slack = contract(_row(bounds), absolute=True)
     # Each entry to the accuracy asked of its own value: entries are few, and sums of them may cancel.
@@ -495,12 +504,17 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
     elements = Elements(
         autograd=got, expected=expected, trusted=torch.zeros_like(skip), skip=skip | bad, skip_input=bad,
         upstream=None, where=lambda k: f"d/d{check.derivatives.names[_which(starts, k)]}" if d.order == 1 else
-        f"d²/d{check.derivatives.names[_which(starts, k)]}·",
+        _higher(d.order, check.derivatives.names[_which(starts, k)]),
         point=lambda index: point[index].reshape(-1, 1), index=index_of,
     )
     refine = Refinement(expected=lambda index: expected[index], slack=lambda index: slack[index],
                         kink=kink if d.order == 1 else None)
     return judge(elements, refine, check.dtype, check.tol)
+
+
+def _higher(order: int, name: str) -> str:
+    """The label of x.grad after ``order`` backward passes: ``d²/dx·``, ``d³/dx··``."""
+    return f"d{''.join('⁰¹²³⁴⁵⁶⁷⁸⁹'[int(c)] for c in str(order))}/d{name}" + "·" * (order - 1)
 
 
 def _which(starts: np.ndarray, k: int) -> int:
@@ -515,12 +529,12 @@ class Contraction:
     """Vector-Jacobian products from the sparse entries of a function of small tensors:
     what ``x.grad`` holds after backward, per flat input element."""
 
-    def __init__(self, d: Derivatives, v: torch.Tensor, u: torch.Tensor | None) -> None:
+    def __init__(self, d: Derivatives, v: torch.Tensor, levels: Sequence[torch.Tensor] = ()) -> None:
         outputs = [int(np.ravel_multi_index(e.output, d.output_shape)) if e.output else 0 for e in d.entries]
         self.last = torch.tensor([e.wrt[-1] for e in d.entries], dtype=torch.long)
         weight = v[torch.tensor(outputs, dtype=torch.long)] if outputs else torch.zeros(0, dtype=torch.float64)
-        if u is not None and outputs:
-            weight = weight * u[torch.tensor([e.wrt[0] for e in d.entries], dtype=torch.long)]
+        for level, u in enumerate(levels if outputs else ()):  # order n: the upstream gradient of each level
+            weight = weight * u[torch.tensor([e.wrt[level] for e in d.entries], dtype=torch.long)]
         self.weight = weight
         self.size = len(d.symbols)
 
@@ -557,6 +571,11 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     directions = [_signed(generator, (DIRECTIONS, *values[i].shape)) for i in moving]
     # Order 2: autograd's x.grad after the second backward is H w (H the Hessian of <v, f>),
     # for one direction w; along u it must equal the mixed derivative u^T H w.
+    if order > 2:
+        raise ValueError(
+            f"order={order} is checked for functions of scalars and of tensors of up to 100 elements in all "
+            "(symbolically); a function of larger tensors is checked by directional derivatives, to order 2"
+        )
     second = [_signed(generator, tuple(values[i].shape)) for i in moving] if order == 2 else None
     exact = _Directional(check, values, moving, second)
     out, tangents, magnitudes, operations, roundoff = exact.run(directions)
@@ -571,7 +590,7 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     f = floating_only(check.f, values)
     verdict = Verdict()
     if REVERSE in check.modes:
-        w = [t.to(check.dtype) for t in second] if second is not None else None
+        w = [[t.to(check.dtype) for t in second]] if second is not None else None
         _, grads = vjp(f, [values[i] for i in moving], order, v, w)
         flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
             torch.zeros(0, dtype=torch.float64)
@@ -662,7 +681,7 @@ def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: t
         name = check.derivatives.names[position] if position < len(check.derivatives.names) else f"input {position}"
         verdict.worst.append(Row(
             inputs=(float(values[position].reshape(-1)[j - starts[which]]),),
-            where=(f"d/d{name}" if order == 1 else f"d²/d{name}·") + mode,
+            where=(f"d/d{name}" if order == 1 else _higher(order, name)) + mode,
             autograd=autograd / per, expected=wanted / per, upstream=v, abs_error=difference / abs(per),
             rel_error=difference / abs(wanted) if wanted else (0.0 if autograd == wanted else math.inf),
             ulp_error=float(difference / ulp(torch.tensor(wanted, dtype=torch.float64), check.dtype)),

@@ -1297,6 +1297,11 @@ def _write_into(target: Any, result: Any, op: str = "copy_") -> Any:
     values = _to_array(result)
     if _gradient_stopped():
         values = _STOPPED_WRITE(target.sym, values)
+    if not target.sym.flags.writeable:  # a broadcast view (expand): one element stands for many
+        raise TraceError(
+            f"an in-place operation ({op}) writes into a broadcast view (a tensor made by expand), which the "
+            "symbolic tracer cannot follow; write it with a copy first (x.expand(...).clone())"
+        )
     target.sym[...] = values
     return target
 

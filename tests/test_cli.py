@@ -290,7 +290,7 @@ def test_progress_shows_after_a_second_on_a_terminal_and_is_cleared(monkeypatch)
         (["check", "x*x", "--domain", "x=3:2"], "--domain for x is empty"),
         (["check", "log(x)", "--domain", "x=-3:-2"], "the function is real only for x in [0, inf]"),
         (["check", "x*x", "--dtype", "float8"], "invalid choice: 'float8'"),
-        (["check", "x*x", "--order", "3"], "invalid choice: 3"),
+        (["check", "x*x", "--order", "7"], "invalid choice: 7"),
         (["check", "x*x", "--examples", "0"], "--examples must be a positive integer"),
         (["check", "x*x", "--device", "tpu:x"], "--device must be cpu, cuda or cuda:N"),
         (["check", "atan2(y, x)", "--at", "x=1"], "--at gives no value for y"),

@@ -164,3 +164,105 @@ def test_forward_mode_agrees_with_reverse_mode_on_the_derivative_table(name):
     reverse = autocheck.check_grad(f, seed=0, examples=2)
     forward = autocheck.check_grad(f, seed=0, examples=2, modes=("fwd",))
     assert forward.ok == reverse.ok, str(forward)
+
+
+# --------------------------------------------------------------------------------------
+# torch.func transforms
+# --------------------------------------------------------------------------------------
+
+
+def test_a_vmapped_function_is_checked():
+    from torch.func import vmap
+
+    x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    report = autocheck.check_grad(vmap(lambda row: (row * torch.exp(row)).sum()), x, seed=0, modes=BOTH)
+    assert report.ok and report.checked == 2 * x.numel()
+
+
+def test_the_gradient_of_torch_func_grad_and_jacrev_is_the_exact_second_derivative():
+    from torch.func import grad, jacrev
+
+    x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    report = autocheck.check_grad(lambda a: grad(lambda t: (t * torch.exp(t)).sum())(a).sum(), x, seed=0)
+    assert report.ok and report.formula.startswith("d/da[0, 0] = a[0, 0]*exp(a[0, 0]) + 2*exp(a[0, 0])")
+    v = torch.randn(3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    assert autocheck.check_grad(lambda v: jacrev(lambda w: torch.sin(w) * w.sum())(v).sum(), v, seed=0).ok
+
+
+def test_a_wrong_backward_under_vmap_is_caught():
+    from torch.func import vmap
+
+    class Cube(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return x**3
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * 2 * x * x  # the bug: 3 x**2
+
+    x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    report = autocheck.check_grad(vmap(lambda row: Cube.apply(row).sum()), x, seed=0)
+    assert not report.ok and report.worst[0].autograd == pytest.approx(2 / 3 * report.worst[0].expected, rel=1e-12)
+
+
+def test_hessian_is_refused_with_what_to_check_instead():
+    from torch.func import hessian
+
+    x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(autocheck.TraceError, match=r"f nests torch\.func transforms \(hessian, jacfwd over jacrev\)"
+                                                   r".*order=2 checks its second derivatives"):
+        autocheck.check_grad(lambda a: hessian(lambda t: (t * torch.exp(t)).sum())(a).sum(), x, seed=0)
+
+
+# --------------------------------------------------------------------------------------
+# Higher orders
+# --------------------------------------------------------------------------------------
+
+
+def test_order_3_of_a_function_of_one_and_of_two_inputs():
+    report = autocheck.check_grad(lambda x: x * x * torch.exp(x), order=3, seed=0, examples=3)
+    assert report.ok and report.formula == "d³/dxdxdx = x**2*exp(x) + 6*x*exp(x) + 6*exp(x)"
+    assert str(report).startswith("order-3 derivative of <lambda> matches")
+    report = autocheck.check_grad(lambda x, y: x * torch.sin(y) + x * x * y, order=3, seed=0, examples=3)
+    assert report.ok and report.formula.startswith("d³/dxdxdx = 0; d³/dxdxdy = 2; d³/dxdydx = 2; d³/dxdydy = -sin(y)")
+
+
+def test_order_3_of_a_function_of_a_small_tensor():
+    a = torch.randn(3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    assert autocheck.check_grad(lambda a: (a.sin() * a.sum()).sum(), a, order=3, seed=0).ok
+
+
+def test_a_backward_that_is_wrong_when_differentiated_is_caught_at_order_3():
+    class Quartic(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x**4
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * 4 * x * x * x.detach()  # right, but differentiated again it misses a term
+
+    x = torch.tensor([1.5], dtype=F64)
+    assert autocheck.check_grad(Quartic.apply, x, seed=0).ok  # the gradient itself is right
+    report = autocheck.check_grad(Quartic.apply, x, order=3, seed=0)
+    assert not report.ok and report.worst[0].where == "d³/dx··"
+    assert report.reproduce.endswith("seed=0, order=3)")
+
+
+def test_orders_beyond_the_limits_are_refused():
+    with pytest.raises(ValueError, match=r"order must be 1 \(gradients\), 2 \(second derivatives\), \.\.\. up to 6, "
+                                         r"got order=7"):
+        autocheck.check_grad(torch.sin, order=7)
+    x = torch.randn(200, dtype=F64)
+    with pytest.raises(ValueError, match=r"order=3 is checked for functions of scalars and of tensors of up to 100"):
+        autocheck.check_grad(lambda x: x.sin().sum(), x, order=3, seed=0)
