@@ -270,8 +270,10 @@ def search_settings(given: Any) -> SearchSettings | None:
 
         # The loaded profile by its name: inside a user's @given, settings.default is that
         # test's own settings (its max_examples counts its examples, not a check's batches).
+        # Hypothesis loads its "ci" profile by itself where the CI variable is set: a check
+        # does the same work there as elsewhere.
         name = getattr(settings, "get_current_profile_name", lambda: getattr(settings, "_current_profile", None))()
-        if name in (None, "default"):
+        if name in (None, "default", "ci"):
             return None
         given = settings.get_profile(name)
     from hypothesis import Verbosity

@@ -53,19 +53,19 @@ def profile():
 def test_a_loaded_profile_sets_the_number_of_batches(profile):
     five = autocheck.check_grad(x2exp, seed=0, examples=5).checked
     default = autocheck.check_grad(x2exp, seed=0).checked
-    profile(max_examples=5)
+    profile(max_examples=5, deadline=None)
     assert autocheck.check_grad(x2exp, seed=0).checked == five < default
 
 
 def test_settings_given_win_over_the_profile(profile):
-    profile(max_examples=5)
+    profile(max_examples=5, deadline=None)
     three = autocheck.check_grad(x2exp, seed=0, examples=3).checked
-    assert autocheck.check_grad(x2exp, seed=0, settings=settings(max_examples=3)).checked == three
+    assert autocheck.check_grad(x2exp, seed=0, settings=settings(max_examples=3, deadline=None)).checked == three
 
 
 def test_examples_given_win_over_settings():
     two = autocheck.check_grad(x2exp, seed=0, examples=2).checked
-    assert autocheck.check_grad(x2exp, seed=0, examples=2, settings=settings(max_examples=9)).checked == two
+    assert autocheck.check_grad(x2exp, seed=0, examples=2, settings=settings(max_examples=9, deadline=None)).checked == two
 
 
 def test_a_failing_unseeded_check_is_saved_and_replayed_first(tmp_path):
@@ -173,5 +173,11 @@ def test_drawn_tensors_are_drawn_max_examples_times():
     import torch.nn.functional as F
 
     report = autocheck.check_grad(F.cross_entropy, autocheck.Drawn((4, 3)), autocheck.Drawn((4,), integers=(0, 3)),
-                                  seed=0, settings=settings(max_examples=3))
+                                  seed=0, settings=settings(max_examples=3, deadline=None))
     assert report.ok and "Inputs drawn 3 times" in str(report)
+
+
+def test_hypothesis_own_ci_profile_is_not_followed(profile):
+    default = autocheck.check_grad(x2exp, seed=0).checked
+    settings.load_profile("ci")  # what Hypothesis does by itself where CI is set
+    assert autocheck.check_grad(x2exp, seed=0).checked == default
