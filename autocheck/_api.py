@@ -6,6 +6,7 @@ Each validates its arguments into :class:`~autocheck._check.Options` and runs on
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import torch
@@ -315,6 +316,9 @@ def verify_grads(loss_fn: Callable[..., Any], params: Any, *batch: Any, **option
     stored.__autocheck_directional__ = True  # type: ignore[attr-defined]
     report = check_grad(stored, *[p.detach() for _, p in named], **options)
     report.reproduce = ""
+    # The rows are per unit of the upstream gradient autocheck replayed the stored .grad with:
+    # .grad itself and the exact gradient, as loss.backward() (upstream 1) has them.
+    report.worst = [dataclasses.replace(row, upstream=None) for row in report.worst]
     report.notes.append("Verified: the .grad a backward left (loss.backward(), upstream gradient 1), at the "
                         "parameters' current values")
     if not report.ok:
