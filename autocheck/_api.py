@@ -266,12 +266,16 @@ def verify_grads(loss_fn: Callable[..., Any], params: Any, *batch: Any, **option
     for name, p in named:
         if not isinstance(p, torch.Tensor) or not p.is_floating_point():
             raise TypeError(f"params[{name!r}] must be a floating tensor, got {p!r}")
-        if p.grad is None:
-            raise ValueError(
-                f"{name}.grad is None: call loss.backward() before verify_grads, on a loss computed from these "
-                "parameters (and pass the tensors the loss used)"
-            )
-    grads = [p.grad.detach().clone() for _, p in named]
+    if all(p.grad is None for _, p in named):
+        name = named[0][0]
+        raise ValueError(
+            f"{name}.grad is None: call loss.backward() before verify_grads, on a loss computed from these "
+            "parameters (and pass the tensors the loss used)"
+        )
+    # A parameter the loss does not use keeps .grad None after backward: its gradient is zero.
+    # A sparse .grad (nn.Embedding(sparse=True)) is compared as the dense gradient it stands for.
+    grads = [torch.zeros_like(p) if p.grad is None else
+             (p.grad.to_dense() if p.grad.is_sparse else p.grad).detach().clone() for _, p in named]
     names = [name for name, _ in named]
 
     # The exact side runs the loss in float64: the batch, and a module's other state (buffers,
@@ -299,8 +303,9 @@ def verify_grads(loss_fn: Callable[..., Any], params: Any, *batch: Any, **option
         @staticmethod
         def forward(ctx: Any, *tensors: torch.Tensor) -> torch.Tensor:
             out = loss_at(*tensors)
-            if not isinstance(out, torch.Tensor) or out.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar tensor (what loss.backward() takes), got {out!r}")
+            if not isinstance(out, torch.Tensor) or out.numel() != 1:
+                raise ValueError(f"loss_fn must return a tensor of one element (what loss.backward() takes), "
+                                 f"got {out!r}")
             return out
 
         @staticmethod

@@ -88,6 +88,13 @@ class Check:
         return self.mode == POINTWISE
 
     @property
+    def rounding_dtype(self) -> torch.dtype:
+        """The dtype autograd's result is rounded to: a leg of the code cast to a narrower one
+        (``x.float()`` in a float64 function) rounds, and overflows, there."""
+        narrow = self.derivatives.narrowest
+        return narrow if narrow is not None and torch.finfo(narrow).eps > torch.finfo(self.dtype).eps else self.dtype
+
+    @property
     def units(self) -> tuple[float, float]:
         """The allowance's units, over rtol: the error of one operation whose result
         underflows, and a perturbation of a few units in the last place."""
@@ -361,6 +368,7 @@ def _judged(f: Callable[..., Any], name: str, values: list[torch.Tensor], names:
         derivatives = directional_derivatives(names, shapes, output_shape, options.order)
     else:
         derivatives = derivatives_for(f, options.reference, names, shapes, dtype, options.order)
+    tol = _leg_tolerance(tol, derivatives, dtype, options)
     check = Check(f, name, derivatives, dtype, device, tol, options.strict, mode, options.seed,
                   Deadline.after(options.seconds), options.modes)
     stalls = None if mode in (TENSOR, DIRECTIONAL) else \
@@ -498,6 +506,11 @@ def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Re
             "checks elementwise functions. Pass example tensors: assert_grad_matches(f, x)."
         )
     dom = infer_domain(derivatives.forward, derivatives.symbols, parse_domain(domain, derivatives.names))
+    if derivatives.narrowest is not None and torch.finfo(derivatives.narrowest).max < torch.finfo(dtype).max:
+        # A leg of the code in a narrower dtype: inputs beyond its range overflow when cast
+        top = float(torch.finfo(derivatives.narrowest).max)
+        dom = Domain(dom.names, tuple((max(lo, -top), min(hi, top)) for lo, hi in dom.intervals))
+    tol = _leg_tolerance(tol, derivatives, dtype, options)
     hypothesis = options.settings
     examples = options.examples or (hypothesis.max_examples if hypothesis is not None else DEFAULT_EXAMPLES)
     key = database_key(f, name, derivatives.formula, dtype) if options.unseeded else None
@@ -523,6 +536,16 @@ def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Re
     if found.replayed:
         report.notes.append("Found first among the failing examples an earlier run saved in Hypothesis's database")
     return report
+
+
+def _leg_tolerance(tol: Tolerance, derivatives: Derivatives, dtype: torch.dtype, options: Options) -> Tolerance:
+    """A part of the code cast to a narrower dtype (``x.float()`` in a float64 function) is
+    rounded in that dtype by a correct autograd too: then that dtype's default tolerance,
+    unless ``rtol`` and ``atol`` were given."""
+    narrow = derivatives.narrowest
+    if options.rtol is not None or narrow is None or torch.finfo(narrow).eps <= torch.finfo(dtype).eps:
+        return tol
+    return tolerance_for(narrow, None, None)
 
 
 def tolerance_band(f: Callable[..., Any], x: torch.Tensor, *, reference: Any = None,

@@ -281,7 +281,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
             undefined=lambda index: exact.undefined(batch._columns(index), keys).reshape(-1),
             unbounded=lambda index, positions: batch.unbounded(keys, index, positions),
         )
-        return judge(elements, refine, check.dtype, check.tol)
+        return judge(elements, refine, check.rounding_dtype, check.tol)
 
     if REVERSE in check.modes:
         for i in range(n):
@@ -292,7 +292,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
                 verdict.merge(judged(keys, weights, grads[i], label, v64 if order == 1 else None, order == 1))
             else:
                 elements, refine = batch.broadcast(i, grads[i], x64[i], shape, skip, label, keys, weights)
-                verdict.merge(judge(elements, refine, check.dtype, check.tol))
+                verdict.merge(judge(elements, refine, check.rounding_dtype, check.tol))
     if FORWARD in check.modes:
         # The output's tangent when each input carries a random tangent t_i: sum_i f_i' t_i.
         tangents = [cotangent(shape, check.dtype, check.device, generator) for _ in range(n)]
@@ -615,6 +615,7 @@ def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: t
     check, values, moving = exact.check, exact.values, exact.moving
     order = check.derivatives.order
     total = u.shape[1]
+    exact.jitter = False  # each mode earns the jittered runs' widening itself (with the tangents it is judged on)
     expected, slack = exact.contract(tangents, magnitudes)
     got = along(u)
     verdict = Verdict()

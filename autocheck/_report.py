@@ -467,9 +467,10 @@ def format_report(report: Report) -> str:
     if report.worst and report.failed:
         top = report.worst[0]
         at = ", ".join(f"{n} = {_fmt(v)}" for n, v in zip(report.names, top.inputs) if v == v)
+        ulps = f", {_fmt_err(top.ulp_error)} ULP" if top.ulp_error == top.ulp_error else ""
         lines.append(
-            f"Greatest difference: {_fmt_err(top.abs_error)} absolute, {_fmt_err(top.ulp_error)} ULP "
-            f"({_fmt_err(top.rel_error)} relative) in {_where(top)} at {at} (up to {_fmt_err(top.allowed)} allowed)"
+            f"Greatest difference: {_fmt_err(top.abs_error)} absolute{ulps} ({_fmt_err(top.rel_error)} relative) in "
+            f"{_where(top)}{f' at {at}' if at else ''} (up to {_fmt_err(top.allowed)} allowed)"
         )
     lines.append(f"Tolerance: rtol={report.rtol:.3g} of the rounding error a correct autograd may make, "
                  f"atol={report.atol:.3g}")

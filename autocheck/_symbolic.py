@@ -8,6 +8,7 @@ delta), and ``x.detach()`` is a constant that takes its value back once derivati
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import itertools
 import sys
@@ -113,6 +114,7 @@ class Derivatives:
     entries: tuple[Entry, ...]
     output_shape: tuple[int, ...] = ()
     input_shapes: tuple[tuple[int, ...], ...] = ()
+    narrowest: torch.dtype | None = None  # the narrowest floating dtype f's code casts to (a float32 leg)
 
     @property
     def scalar(self) -> bool:
@@ -362,7 +364,10 @@ def _derivatives_for(f: Callable[..., Any], reference: Any, names: Sequence[str]
                 pass  # f cannot be traced (a reference was given): the formula's rounding stands in
         if marked is not None and marked.output.shape != math_trace.output.shape:
             marked = None
-        return derivatives_of(math_trace, order, marked)
+        derivatives = derivatives_of(math_trace, order, marked)
+        own = marked if marked is not None else (math_trace if reference is None else None)
+        narrowest = own.narrowest if own is not None else None
+        return dataclasses.replace(derivatives, narrowest=narrowest) if narrowest is not None else derivatives
 
 
 def _expression_trace(expr: sympy.Expr, names: Sequence[str] | None, shapes: Any) -> Trace:

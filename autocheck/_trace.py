@@ -1244,6 +1244,8 @@ def _run_operator(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any
     out = _wrap(result, dtype)
     if base in ("_to_copy", "to") and kwargs.get("dtype") is not None and isinstance(out, SymbolicTensor):
         out = SymbolicTensor(out.sym, kwargs["dtype"])
+        if kwargs["dtype"].is_floating_point:
+            _CASTS.get().append(kwargs["dtype"])
     return out
 
 
@@ -1672,12 +1674,14 @@ class Trace:
         symbols: per input, an object array of real SymPy symbols shaped like that input
             (0-d for an elementwise trace).
         output: object array of SymPy expressions, shaped like the function's output.
+        narrowest: the narrowest floating dtype the code cast a value to, if any.
     """
 
     names: tuple[str, ...]
     symbols: tuple[np.ndarray, ...]
     output: np.ndarray
     shapes: tuple[tuple[int, ...], ...] = field(default=())
+    narrowest: torch.dtype | None = None  # the narrowest floating dtype the code cast values to
 
     @property
     def flat_symbols(self) -> list[sympy.Symbol]:
@@ -1842,6 +1846,7 @@ def _trace_builtin(f: Callable[..., Any], dtype: torch.dtype, mark: bool = False
 def _trace_with(f, names, shapes, dtype, mark: bool = False) -> Trace:
     symbols, tensors = _symbolic_inputs(names, shapes, dtype)
     with _tracing(mark):
+        casts = _CASTS.get()
         try:
             out = f(*tensors)
         except TraceError:
@@ -1865,7 +1870,8 @@ def _trace_with(f, names, shapes, dtype, mark: bool = False) -> Trace:
         raise TraceError(f"{_describe(f)} returned {type(out).__name__}, not a tensor")
     output = np.frompyfunc(_as_number, 1, 1)(output) if output.ndim else _scalar_array(_as_number(output.item()))
     output = np.asarray(output, dtype=object)
-    return Trace(names=tuple(names), symbols=symbols, output=output, shapes=tuple(shapes))
+    narrowest = max(casts, key=lambda d: torch.finfo(d).eps, default=None)
+    return Trace(names=tuple(names), symbols=symbols, output=output, shapes=tuple(shapes), narrowest=narrowest)
 
 
 @contextlib.contextmanager
@@ -1878,12 +1884,19 @@ def _tracing(mark: bool) -> Iterator[None]:
     """
     mark_token = _MARK.set(mark)
     entry_token = _FUNCTION_ENTRY_GRAD.set(None)
+    casts_token = _CASTS.set([])
     try:
         with _APPLY_HOOK.active(), torch.enable_grad():
             yield
     finally:
+        _CASTS.reset(casts_token)
         _FUNCTION_ENTRY_GRAD.reset(entry_token)
         _MARK.reset(mark_token)
+
+
+#: The floating dtypes a trace cast values to (``x.float()`` inside a float64 function):
+#: autograd rounds that leg in its own dtype.
+_CASTS: contextvars.ContextVar[list] = contextvars.ContextVar("autocheck_casts", default=[])
 
 
 def function_name(f: Any) -> str:

@@ -414,8 +414,9 @@ def test_a_bug_in_a_region_of_drawn_tensors_is_found_and_shrunk_whole():
 
 
 def test_the_same_seed_draws_the_same_tensors():
-    first = autocheck.check_grad(DominantSoftmax.apply, autocheck.Drawn((3, 40)), seed=0)
-    second = autocheck.check_grad(DominantSoftmax.apply, autocheck.Drawn((3, 40)), seed=0)
+    # No deadline: how far a search gets in 5 s depends on the machine's load, not on the seed
+    first = autocheck.check_grad(DominantSoftmax.apply, autocheck.Drawn((3, 40)), seed=0, deadline=None)
+    second = autocheck.check_grad(DominantSoftmax.apply, autocheck.Drawn((3, 40)), seed=0, deadline=None)
     assert str(first) == str(second)
 
 

@@ -266,3 +266,19 @@ def test_orders_beyond_the_limits_are_refused():
     x = torch.randn(200, dtype=F64)
     with pytest.raises(ValueError, match=r"order=3 is checked for functions of scalars and of tensors of up to 100"):
         autocheck.check_grad(lambda x: x.sin().sum(), x, order=3, seed=0)
+
+
+def test_both_modes_at_a_point_where_values_lose_digits():
+    # Each mode's allowance is widened by the jittered runs on its own (rounding in x - mean(x)
+    # near 1e6), whichever mode ran first.
+    x = 1e6 + torch.rand(300, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for modes in (("rev", "fwd"), ("fwd", "rev")):
+        assert autocheck.check_grad(lambda x: F.layer_norm(x, (300,)).pow(3).sum(), x, seed=0, modes=modes).ok
+
+
+def test_an_order_3_report_follows_the_json_schema():
+    import json
+
+    jsonschema = pytest.importorskip("jsonschema")
+    report = autocheck.check_grad(lambda x: x**4, order=3, seed=0, examples=1)
+    jsonschema.validate(json.loads(report.to_json()), autocheck.Report.json_schema())

@@ -406,3 +406,25 @@ def test_a_large_input_is_judged_in_chunks_within_four_times_its_memory():
     from autocheck import _check
 
     assert _check.CHUNK == 1_048_576  # the chunk size docs/verdicts.md states
+
+
+def test_a_leg_of_the_code_in_float32_is_judged_with_float32s_rounding():
+    # exp runs in float32 inside a float64 function: a correct autograd rounds (and overflows)
+    # there, so float32's tolerance applies, and the search stays inside float32's range.
+    report = autocheck.assert_grad_matches(lambda x: torch.exp(x.float()).double() * x, seed=0)
+    assert report.rtol == autocheck.DEFAULT_TOLERANCES[torch.float32].rtol
+    assert "Domain: x in [-3.40282e+38, 3.40282e+38]" in report.notes
+
+    class OffByOnePartInAThousand(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.exp(x.float()).double()
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * torch.exp(x) * (1 + 1e-3)
+
+    report = autocheck.check_grad(OffByOnePartInAThousand.apply, seed=0)
+    assert not report.ok and report.worst[0].rel_error == pytest.approx(1e-3, rel=1e-3)

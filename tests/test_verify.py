@@ -116,5 +116,44 @@ def test_the_loss_must_be_a_scalar():
     w, b = parameters()
     x, y = data()
     squared_error(w, b, x, y).backward()
-    with pytest.raises(ValueError, match=r"loss_fn must return a scalar tensor"):
+    with pytest.raises(ValueError, match=r"loss_fn must return a tensor of one element"):
         autocheck.verify_grads(lambda w, b, x, y: (x @ w + b - y) ** 2, [w, b], x, y)
+
+
+def test_a_loss_of_one_element_sparse_grads_and_unused_parameters():
+    w = torch.randn(3, 1, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    x, y = data()
+
+    def mean_over_rows(w, x, y):  # shape (1,): loss.backward() takes it
+        return ((x @ w - y) ** 2).mean(0)
+
+    mean_over_rows(w, x, y).backward()
+    assert autocheck.verify_grads(mean_over_rows, [w], x, y, seed=0).ok
+
+    embedding = nn.Embedding(10, 3, sparse=True)
+    idx = torch.tensor([1, 2, 2, 5])
+
+    def squares(model, idx):
+        return model(idx).pow(2).sum()
+
+    squares(embedding, idx).backward()
+    assert embedding.weight.grad.is_sparse
+    assert autocheck.verify_grads(squares, embedding, idx, seed=0).ok
+
+    class WithUnusedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux = nn.Linear(3, 4), nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.body(x)
+
+    torch.manual_seed(0)
+    model = WithUnusedHead()
+
+    def loss_fn(model, x):
+        return model(x).pow(2).mean()
+
+    loss_fn(model, x).backward()
+    assert model.aux.weight.grad is None
+    assert autocheck.verify_grads(loss_fn, model, x, seed=0).ok  # its gradient is zero, and so is .grad's absence
