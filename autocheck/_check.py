@@ -89,10 +89,8 @@ class Check:
 
     @property
     def rounding_dtype(self) -> torch.dtype:
-        """The dtype autograd's result is rounded to: a leg of the code cast to a narrower one
-        (``x.float()`` in a float64 function) rounds, and overflows, there."""
-        narrow = self.derivatives.narrowest
-        return narrow if narrow is not None and torch.finfo(narrow).eps > torch.finfo(self.dtype).eps else self.dtype
+        """The dtype autograd's result is rounded to (see :func:`_leg_dtype`)."""
+        return _leg_dtype(self.derivatives, self.dtype)
 
     @property
     def units(self) -> tuple[float, float]:
@@ -506,9 +504,9 @@ def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Re
             "checks elementwise functions. Pass example tensors: assert_grad_matches(f, x)."
         )
     dom = infer_domain(derivatives.forward, derivatives.symbols, parse_domain(domain, derivatives.names))
-    if derivatives.narrowest is not None and torch.finfo(derivatives.narrowest).max < torch.finfo(dtype).max:
-        # A leg of the code in a narrower dtype: inputs beyond its range overflow when cast
-        top = float(torch.finfo(derivatives.narrowest).max)
+    leg = _leg_dtype(derivatives, dtype)
+    if leg != dtype:  # a leg of the code in a narrower dtype: inputs beyond its range overflow when cast
+        top = float(torch.finfo(leg).max)
         dom = Domain(dom.names, tuple((max(lo, -top), min(hi, top)) for lo, hi in dom.intervals))
     tol = _leg_tolerance(tol, derivatives, dtype, options)
     hypothesis = options.settings
@@ -523,11 +521,10 @@ def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Re
                       seed, Deadline.after(options.seconds), options.modes)
         probe = check.points(dom, DETERMINISM_POINTS, check.generator(-3))
         check_deterministic(f, [p.to(device=device, dtype=dtype) for p in probe], name)
-        where = {"database": hypothesis.database} if hypothesis is not None else {}
         found = search(
             check, dom, dtype, examples=examples, seed=seed, deadline=check.deadline,
             draw_batch=lambda g: check.points(dom, BULK_POINTS if elementwise else POINTWISE_POINTS, g),
-            database_key=key, verbose=hypothesis is not None and hypothesis.verbose, **where,
+            database_key=key, settings=hypothesis,
         )
         faults = check.faults(probe)
     require_checked(found.verdict, name, f"the {found.points} points drawn from {dom.describe()}", dtype)
@@ -538,14 +535,17 @@ def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Re
     return report
 
 
-def _leg_tolerance(tol: Tolerance, derivatives: Derivatives, dtype: torch.dtype, options: Options) -> Tolerance:
-    """A part of the code cast to a narrower dtype (``x.float()`` in a float64 function) is
-    rounded in that dtype by a correct autograd too: then that dtype's default tolerance,
-    unless ``rtol`` and ``atol`` were given."""
+def _leg_dtype(derivatives: Derivatives, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a correct autograd rounds, and overflows, in: ``dtype``, or a narrower one
+    that part of the code is cast to (``x.float()`` in a float64 function)."""
     narrow = derivatives.narrowest
-    if options.rtol is not None or narrow is None or torch.finfo(narrow).eps <= torch.finfo(dtype).eps:
-        return tol
-    return tolerance_for(narrow, None, None)
+    return narrow if narrow is not None and torch.finfo(narrow).eps > torch.finfo(dtype).eps else dtype
+
+
+def _leg_tolerance(tol: Tolerance, derivatives: Derivatives, dtype: torch.dtype, options: Options) -> Tolerance:
+    """The default tolerance of the dtype autograd rounds in (``rtol`` and ``atol`` given win)."""
+    leg = _leg_dtype(derivatives, dtype)
+    return tol if options.rtol is not None or leg == dtype else tolerance_for(leg, None, None)
 
 
 def tolerance_band(f: Callable[..., Any], x: torch.Tensor, *, reference: Any = None,

@@ -136,6 +136,9 @@ class Row:
         return self.expected
 
 
+#: What ends a row's ``where`` when the value is forward mode's (``d/dx, forward mode``).
+FORWARD_LABEL = ", forward mode"
+
 #: Rows a judgement keeps: the failing ones first, then the largest errors.
 WORST_ROWS = 5
 #: Failing elements whose points a judgement keeps for the search to shrink.

@@ -22,11 +22,12 @@ from . import _directional, _oracle, _precise, _printer
 from ._autograd import FORWARD, REVERSE, cotangent, jvp, pointwise, pointwise_jvp, vjp
 from ._budget import OutOfTime
 from ._compare import (
-    NOT_FINITE_EXACT, OUT_OF_TIME, Elements, Refinement, Row, Verdict, judge, kink_test, tolerance_for, ulp,
+    FORWARD_LABEL, NOT_FINITE_EXACT, OUT_OF_TIME, Elements, Refinement, Row, Verdict, judge, kink_test, tolerance_for,
+    ulp,
 )
 from ._error_model import PERTURBATION, UNDERFLOW, UNIT, Allowance, autograd_allowance, expand_ops, formula_allowance
 from ._errors import TraceError
-from ._symbolic import Derivatives, label_of
+from ._symbolic import Derivatives, higher_label, label_of
 from ._trace import OpPartial, uncompiled
 
 #: The allowance's op atoms (local derivatives) need this relative accuracy, no more: the
@@ -287,7 +288,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         for i in range(n):
             keys = [k for k, entry in enumerate(d.entries) if entry.wrt[-1] == i]
             weights = [weight_of(k) for k in keys]
-            label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else _higher(order, d.names[i])
+            label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else higher_label(order, d.names[i])
             if values[i].shape == shape:
                 verdict.merge(judged(keys, weights, grads[i], label, v64 if order == 1 else None, order == 1))
             else:
@@ -303,7 +304,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         t64 = [t.to(torch.float64).reshape(-1) for t in tangents]
         keys = list(range(len(d.entries)))
         weights = [t64[d.entries[k].wrt[-1]] for k in keys]
-        label = (label_of(d.symbols, d.entries[0]) if n == 1 else "jvp") + ", forward mode"
+        label = (label_of(d.symbols, d.entries[0]) if n == 1 else "jvp") + FORWARD_LABEL
         verdict.merge(judged(keys, weights, along, label, t64[0] if n == 1 else None, n == 1))
     return verdict
 
@@ -504,17 +505,12 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
     elements = Elements(
         autograd=got, expected=expected, trusted=torch.zeros_like(skip), skip=skip | bad, skip_input=bad,
         upstream=None, where=lambda k: f"d/d{check.derivatives.names[_which(starts, k)]}" if d.order == 1 else
-        _higher(d.order, check.derivatives.names[_which(starts, k)]),
+        higher_label(d.order, check.derivatives.names[_which(starts, k)]),
         point=lambda index: point[index].reshape(-1, 1), index=index_of,
     )
     refine = Refinement(expected=lambda index: expected[index], slack=lambda index: slack[index],
                         kink=kink if d.order == 1 else None)
     return judge(elements, refine, check.dtype, check.tol)
-
-
-def _higher(order: int, name: str) -> str:
-    """The label of x.grad after ``order`` backward passes: ``d²/dx·``, ``d³/dx··``."""
-    return f"d{''.join('⁰¹²³⁴⁵⁶⁷⁸⁹'[int(c)] for c in str(order))}/d{name}" + "·" * (order - 1)
 
 
 def _which(starts: np.ndarray, k: int) -> int:
@@ -569,13 +565,13 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     moving = [i for i, x in enumerate(values) if x.is_floating_point()]
     order = check.derivatives.order
     directions = [_signed(generator, (DIRECTIONS, *values[i].shape)) for i in moving]
-    # Order 2: autograd's x.grad after the second backward is H w (H the Hessian of <v, f>),
-    # for one direction w; along u it must equal the mixed derivative u^T H w.
     if order > 2:
         raise ValueError(
             f"order={order} is checked for functions of scalars and of tensors of up to 100 elements in all "
             "(symbolically); a function of larger tensors is checked by directional derivatives, to order 2"
         )
+    # Order 2: autograd's x.grad after the second backward is H w (H the Hessian of <v, f>),
+    # for one direction w; along u it must equal the mixed derivative u^T H w.
     second = [_signed(generator, tuple(values[i].shape)) for i in moving] if order == 2 else None
     exact = _Directional(check, values, moving, second)
     out, tangents, magnitudes, operations, roundoff = exact.run(directions)
@@ -604,7 +600,7 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
                 sums.append((tangent.to(torch.float64).cpu().reshape(-1) * exact.v.reshape(-1)).sum())
             return torch.stack(sums) if sums else torch.zeros(0, dtype=torch.float64)
 
-        verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, along, ", forward mode"))
+        verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, along, FORWARD_LABEL))
     return verdict
 
 
@@ -625,7 +621,7 @@ def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: t
         return verdict
     allowed = check.tol.atol + slack
     wrong = ~((got - expected).abs() <= allowed)
-    if bool(wrong.any()) and not exact.jitter:  # before anything is called wrong: how far f's own rounding moves the exact side
+    if bool(wrong.any()):  # before anything is called wrong: how far f's own rounding moves the exact side
         exact.jitter = True
         expected, slack = exact.contract(*exact.run(directions)[1:3])
         allowed = check.tol.atol + slack
@@ -682,7 +678,7 @@ def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: t
         name = check.derivatives.names[position] if position < len(check.derivatives.names) else f"input {position}"
         verdict.worst.append(Row(
             inputs=(float(values[position].reshape(-1)[j - starts[which]]),),
-            where=(f"d/d{name}" if order == 1 else _higher(order, name)) + mode,
+            where=(f"d/d{name}" if order == 1 else higher_label(order, name)) + mode,
             autograd=autograd / per, expected=wanted / per, upstream=v, abs_error=difference / abs(per),
             rel_error=difference / abs(wanted) if wanted else (0.0 if autograd == wanted else math.inf),
             ulp_error=float(difference / ulp(torch.tensor(wanted, dtype=torch.float64), check.dtype)),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ._autograd import Fault
-from ._compare import Row
+from ._compare import FORWARD_LABEL, Row
 from ._judge import LOCATED
 from ._trace import function_name
 
@@ -431,7 +431,7 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 def _where(row: Row) -> str:
     """``d/dx[2, 7]``, and ``d/dx[2, 7], forward mode`` for forward mode's derivative."""
-    mode = ", forward mode" if row.where.endswith(", forward mode") else ""
+    mode = FORWARD_LABEL if row.where.endswith(FORWARD_LABEL) else ""
     base = row.where.removesuffix(mode)
     return base + (f"[{', '.join(map(str, row.index))}]" if row.index else "") + mode
 
@@ -484,8 +484,8 @@ def format_report(report: Report) -> str:
         lines.append("Worst points:" if report.ok else "Failing points (worst first):")
         lines += points_table(report)
         directional = report.formula.startswith(("<v, J u>", "u^T H w"))
-        forward = not directional and any(row.where.endswith("forward mode") for row in report.worst)
-        if any(row.upstream for row in report.worst if not row.where.endswith("forward mode")):
+        forward = not directional and any(row.where.endswith(FORWARD_LABEL) for row in report.worst)
+        if any(row.upstream for row in report.worst if not row.where.endswith(FORWARD_LABEL)):
             lines.append("  (backward ran with random upstream gradients v, |v| in [0.5, 0.9]; the autograd column "
                          "is x.grad / v, and the errors are per unit of v)")
         if forward:

@@ -243,9 +243,6 @@ class Found:
     replayed: bool = False  # a failing example saved by an earlier run was checked first
 
 
-_DEFAULT: Any = object()  # database= not given
-
-
 @dataclass(frozen=True)
 class SearchSettings:
     """What a check takes from a ``hypothesis.settings`` object (given, or the loaded profile)."""
@@ -298,8 +295,7 @@ def search(
     seed: int,
     deadline: Any,
     database_key: bytes | None = None,
-    database: Any = _DEFAULT,
-    verbose: bool = False,
+    settings: SearchSettings | None = None,
 ) -> Found:
     """Judge batches of drawn points until one fails, ``examples`` batches are done, or the
     deadline passes; shrink the simplest failing point.
@@ -309,13 +305,11 @@ def search(
     ``draw_batch`` from a generator seeded by ``(seed, b)``, so the same seed gives the
     same points and the same work. With a ``database_key`` (unseeded checks), failing
     points saved by an earlier run are judged first, and a new counterexample is saved,
-    in ``database`` (a Hypothesis ExampleDatabase; by default that of Hypothesis's active
-    profile, where the program uses Hypothesis or keeps ``.hypothesis/``).
+    in the database of ``settings``, or else that of Hypothesis's active profile (where the
+    program uses Hypothesis or keeps ``.hypothesis/``). ``settings.verbose``: a line per batch.
     """
-    if database is _DEFAULT:
-        database = _database() if database_key is not None else None
-    if database_key is None:
-        database = None
+    database = None if database_key is None else settings.database if settings is not None else _database()
+    verbose = settings is not None and settings.verbose
     verdict = None
     points = batches = 0
     timed_out = replayed = False

@@ -172,6 +172,11 @@ def label_of(symbols: Sequence[sympy.Symbol], entry: Entry) -> str:
     return label
 
 
+def higher_label(order: int, name: str) -> str:
+    """The label of x.grad after ``order`` backward passes: ``d²/dx·``, ``d³/dx··``."""
+    return f"d{_superscript(order)}/d{name}" + "·" * (order - 1)
+
+
 def _superscript(n: int) -> str:
     return "".join("⁰¹²³⁴⁵⁶⁷⁸⁹"[int(d)] for d in str(n))
 

@@ -1244,8 +1244,9 @@ def _run_operator(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any
     out = _wrap(result, dtype)
     if base in ("_to_copy", "to") and kwargs.get("dtype") is not None and isinstance(out, SymbolicTensor):
         out = SymbolicTensor(out.sym, kwargs["dtype"])
-        if kwargs["dtype"].is_floating_point:
-            _CASTS.get().append(kwargs["dtype"])
+        casts = _CASTS.get()
+        if casts is not None and kwargs["dtype"].is_floating_point:
+            casts.append(kwargs["dtype"])
     return out
 
 
@@ -1896,7 +1897,7 @@ def _tracing(mark: bool) -> Iterator[None]:
 
 #: The floating dtypes a trace cast values to (``x.float()`` inside a float64 function):
 #: autograd rounds that leg in its own dtype.
-_CASTS: contextvars.ContextVar[list] = contextvars.ContextVar("autocheck_casts", default=[])
+_CASTS: contextvars.ContextVar[list | None] = contextvars.ContextVar("autocheck_casts", default=None)
 
 
 def function_name(f: Any) -> str:
