@@ -126,7 +126,10 @@ def _build(expr: sympy.Basic, symbols: tuple[sympy.Symbol, ...], built: dict) ->
         power = float(expr.exp)
         integer = bool(expr.exp.is_integer)
         return lambda values, memo: _pow(children[0](values, memo), power, integer)
-    one = {sympy.exp: _exp, sympy.log: _log, sympy.Abs: _abs}.get(type(expr))
+    if isinstance(expr, sympy.log) and _complement_of_erfc(expr.args[0]) is not None:
+        return _log_of_ndtr(_node(_complement_of_erfc(expr.args[0]), symbols, built))
+    one = {sympy.exp: _exp, sympy.log: _log, sympy.Abs: _abs, sympy.erfc: _erfc,
+           _printer.ReflectedErfc: _reflected_erfc, _printer.Erfcx: _erfcx}.get(type(expr))
     if isinstance(expr, (sympy.sin, sympy.cos, sympy.tanh, sympy.atan, sympy.erf)):
         one = _bounded
     if one is not None:
@@ -200,6 +203,76 @@ def _bounded(argument: Bounds) -> Bounds:
     """sin, cos, tanh, atan, erf: at most 2 in magnitude, possibly 0, sign not tracked."""
     low, _, _ = argument
     return np.full_like(low, -_INF), np.full_like(low, 1.0 + _FLOOR), np.full_like(low, math.nan)
+
+
+_LOG2_TWO_OVER_SQRT_PI = math.log2(2 / math.sqrt(math.pi))
+
+
+def _scaled_erfc_log2(t: np.ndarray, c: float) -> np.ndarray:
+    """log2(2/sqrt(pi) / (t + sqrt(t**2 + c))) for t >= 0: with c = 2 below and c = 4/pi above
+    the scaled erfc, exp(t**2) erfc(t) (Abramowitz and Stegun 7.1.13)."""
+    large = np.maximum(t, 1.0)  # written so that t**2 may overflow: log2(t) + log2(1 + sqrt(1 + c/t**2))
+    far = np.log2(large) + np.log2(1 + np.sqrt(1 + c / (large * large)))
+    return _LOG2_TWO_OVER_SQRT_PI - np.where(t > 1, far, np.log2(t + np.sqrt(t * t + c)))
+
+
+def _erfcx_log2(t: np.ndarray, upper: bool) -> np.ndarray:
+    """A bound of log2 erfcx(t): the upper one, or the lower. Below 0, erfcx(t) = 2 exp(t**2) -
+    erfcx(-t) lies between exp(t**2) and 2 exp(t**2)."""
+    positive = np.maximum(t, 0.0)
+    above = _scaled_erfc_log2(positive, 4 / math.pi if upper else 2.0)
+    below = t * t * _LOG2_E + (1.0 if upper else 0.0)
+    return np.where(t >= 0, above, below)
+
+
+def _decreasing(argument: Bounds, log2_bound: Callable[[np.ndarray, bool], np.ndarray]) -> Bounds:
+    """A positive, decreasing function of the argument, from bounds of its log2 at a point."""
+    smallest, largest = _values(argument)
+    low, high = _widen(log2_bound(largest, False), log2_bound(smallest, True))
+    return low, high, np.ones_like(low)
+
+
+def _erfcx(argument: Bounds) -> Bounds:
+    return _decreasing(argument, _erfcx_log2)
+
+
+def _erfc_log2(t: np.ndarray, upper: bool) -> np.ndarray:
+    """A bound of log2 erfc(t) = log2 erfcx(t) - t**2 log2(e) (at most 1: erfc is below 2)."""
+    positive = np.maximum(t, 0.0)
+    above = _scaled_erfc_log2(positive, 4 / math.pi if upper else 2.0) - positive * positive * _LOG2_E
+    return np.where(t > 0, above, 1.0 if upper else 0.0)  # erfc(t) is in [1, 2] for t <= 0
+
+
+def _erfc(argument: Bounds) -> Bounds:
+    return _decreasing(argument, _erfc_log2)
+
+
+def _reflected_erfc(argument: Bounds) -> Bounds:
+    """erfc(-u): erfc of the argument with its sign turned."""
+    low, high, sign = argument
+    return _erfc((low, high, -sign))
+
+
+def _complement_of_erfc(argument: sympy.Basic) -> sympy.Expr | None:
+    """For ``erfc(-u)/2`` (the normal distribution's ndtr, 1 - erfc(u)/2): ``erfc(u)/2``."""
+    c, rest = argument.as_coeff_Mul()
+    if c == sympy.Rational(1, 2) and isinstance(rest, _printer.ReflectedErfc):
+        return sympy.erfc(rest.args[0]) / 2
+    return None
+
+
+def _log_of_ndtr(complement: Node) -> Node:
+    """log(1 - d) with d = erfc(u)/2 bounded: for d <= 1/2, |log(1 - d)| lies between d and 2d
+    (log_ndtr far to the right, where it is a tiny negative number)."""
+
+    def node(values: Sequence[np.ndarray], memo: dict) -> Bounds:
+        low, high, _ = complement(values, memo)
+        small = high <= -1.0
+        out_low, out_high = _widen(low, high + 1.0)
+        return (np.where(small, out_low, -_INF), np.where(small, out_high, _INF),
+                np.where(small, -1.0, math.nan))
+
+    return node
 
 
 def _add(terms: list[Bounds]) -> Bounds:

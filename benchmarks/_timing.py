@@ -21,13 +21,19 @@ def best(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     return min(times)
 
 
-def interleaved(functions: dict[str, Callable[[], object]], repeat: int = 15) -> dict[str, list[float]]:
+def interleaved(functions: dict[str, Callable[[], object]], repeat: int = 15,
+                before_round: Callable[[int], object] | None = None) -> dict[str, list[float]]:
     """Wall times of each function, run in turn ``repeat`` times after one warm-up round: on a
-    shared machine, load that comes and goes then lands on all of them alike."""
+    shared machine, load that comes and goes then lands on all of them alike. ``before_round(k)``
+    (untimed) runs before round ``k`` (0 is the warm-up): to give each round fresh inputs."""
+    if before_round is not None:
+        before_round(0)
     for fn in functions.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeat):
+    for k in range(repeat):
+        if before_round is not None:
+            before_round(k + 1)
         for name, fn in functions.items():
             start = time.perf_counter()
             fn()

@@ -9,7 +9,7 @@ import pytest
 import sympy
 import torch
 
-from autocheck import _magnitude, _precise
+from autocheck import _magnitude, _precise, _printer
 
 x, y = sympy.symbols("x y", real=True)
 F64 = torch.float64
@@ -88,3 +88,54 @@ def test_every_claim_agrees_with_arb(expr):
     exact = _precise.exact_values([expr], [x, y], points)
     found = exact.found[:, 0]
     np.testing.assert_array_equal(value[settled].numpy()[found], exact.values[found, 0])
+
+
+def _log2_exact(f, t):
+    import flint
+
+    flint.ctx.prec = 200  # arb: a ball with rigorous radius, exponents without limit
+    value = f(flint.arb(t))
+    return -math.inf if value == 0 else float((abs(value).log() / flint.arb(2).log()).mid())
+
+
+@pytest.mark.parametrize(
+    "name, expr, exact",
+    [
+        ("erfc", sympy.erfc(x), lambda t: t.erfc()),
+        ("erfc(-x)", _printer.ReflectedErfc(x), lambda t: (-t).erfc()),
+        ("erfcx", _printer.Erfcx(x), lambda t: (t * t).exp() * t.erfc()),
+        ("log ndtr", sympy.log(_printer.ReflectedErfc(x) / 2), lambda t: (-t.erfc() / 2).log1p()),
+    ],
+)
+def test_erfc_family_bounds_enclose_the_exact_order_of_magnitude(name, expr, exact):
+    at = [-1e300, -1e160, -1e10, -100.0, -30.0, -1.0, -1e-300, 0.0, 1e-300, 0.5, 1.0, 5.0, 27.0, 30.0, 38.0, 100.0,
+          1e5, 1e10, 1e160, 1e300]
+    low, high, _ = _magnitude._compile(expr, (x,))([np.array(at)])
+    for t, lo, hi in zip(at, np.broadcast_to(low, len(at)), np.broadcast_to(high, len(at))):
+        if name == "log ndtr" and t < 5:  # log near 0 or of a small number: no bound claimed here
+            continue
+        if abs(t) > 1e10:  # exp(t**2) at 1e160 is beyond arb's reach: see the asymptotic test below
+            continue
+        true = _log2_exact(exact, t)
+        assert lo <= true <= hi, (name, t, lo, true, hi)
+        if abs(t) < 1e10 and name != "log ndtr":
+            assert hi - lo < 2.5, (name, t, lo, hi)  # tight: within the bounds' factor of about 2
+
+
+def test_erfcx_far_right_is_bounded_around_its_asymptote():
+    # erfcx(t) lies within a factor 1 - 1/(2 t**2) of 1/(t sqrt(pi)) for large t
+    at = np.array([1e10, 1e160, 1e300])
+    low, high, sign = _magnitude._compile(_printer.Erfcx(x), (x,))([at])
+    asymptote = -np.log2(at) - math.log2(math.sqrt(math.pi))
+    assert np.all(low <= asymptote) and np.all(asymptote <= high) and np.all(high - low < 1.5)
+    assert sign.tolist() == [1.0] * 3
+
+
+def test_log_ndtr_derivative_far_right_rounds_to_zero_at_once():
+    # log_ndtr's derivative exp(-x**2/2)/(sqrt(2 pi) ndtr(x)), as the oracle writes it: far to
+    # the right it is far below the smallest subnormal; far to the left (about -x) it is not settled
+    derivative = sympy.sqrt(2) * sympy.exp(-(x**2) / 2) / (sympy.sqrt(sympy.pi) * _printer.ReflectedErfc(x / sympy.sqrt(2)))
+    settled, value = settle(derivative, [39.0, 1e5, 1e300, -1e300, -40.0, 1.0])
+    assert settled == [True, True, True, False, False, False]
+    assert value[:3] == [0.0, 0.0, 0.0]
+    assert settle(sympy.log(_printer.ReflectedErfc(x) / 2), [1e300]) == ([True], [0.0])
