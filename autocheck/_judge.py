@@ -18,7 +18,7 @@ import numpy as np
 import sympy
 import torch
 
-from . import _directional, _oracle, _precise, _printer
+from . import _directional, _dual, _oracle, _precise, _printer
 from ._autograd import FORWARD, REVERSE, cotangent, jvp, pointwise, pointwise_jvp, vjp
 from ._budget import OutOfTime
 from ._compare import (
@@ -553,6 +553,12 @@ LOCATED = 5
 #: Jittered runs that measure how far rounding in f's values moves the exact side.
 JITTERED = 2
 
+#: The arbitrary-precision tier of directional checks traces f once per call with SymPy
+#: (about 2.5 ms per input element for a layer norm): it is tried up to this many input
+#: elements, within this many seconds of the check's budget.
+PRECISE_ELEMENTS = 4096
+PRECISE_SECONDS = 30.0
+
 
 def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: torch.Generator) -> Verdict:
     """One point of a function of large tensors: ``<x.grad, u>`` after one backward with
@@ -612,7 +618,7 @@ def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: t
     order = check.derivatives.order
     total = u.shape[1]
     exact.jitter = False  # each mode earns the jittered runs' widening itself (with the tangents it is judged on)
-    expected, slack = exact.contract(tangents, magnitudes)
+    expected, slack = exact.settled(directions, (tangents, magnitudes))
     got = along(u)
     verdict = Verdict()
     finite = torch.isfinite(expected)
@@ -623,7 +629,7 @@ def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: t
     wrong = ~((got - expected).abs() <= allowed)
     if bool(wrong.any()):  # before anything is called wrong: how far f's own rounding moves the exact side
         exact.jitter = True
-        expected, slack = exact.contract(*exact.run(directions)[1:3])
+        expected, slack = exact.settled(directions)
         allowed = check.tol.atol + slack
         wrong = ~((got - expected).abs() <= allowed)
     verdict.checked = total
@@ -659,7 +665,7 @@ def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: t
     units = torch.zeros(len(located), total, dtype=torch.float64)
     for row, j in enumerate(located):
         units[row, j] = 1.0
-    element, element_slack = exact.contract(*exact.run(exact.split(units))[1:3])
+    element, element_slack = exact.settled(exact.split(units))
     element_allowed = check.tol.atol + element_slack
     element_got = along(units)
     sizes = [values[i].numel() for i in moving]
@@ -733,6 +739,45 @@ class _Directional:
         # x near 1e6 loses digits) moves the exact side, measured by jittered runs
         self.jitter = False
 
+    def settled(self, directions: Sequence[torch.Tensor],
+                run: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``<v, J u>`` per direction and autograd's allowance around it (:meth:`contract`),
+        from float64 forward mode (``run``: its tangents and magnitudes, where already run);
+        where float64 gives no finite value, from the arbitrary-precision tier
+        (:mod:`autocheck._dual`), and nan where that has none either."""
+        if run is None:
+            run = self.run(directions)[1:3]
+        expected, slack = self.contract(*run)
+        lost = ~(torch.isfinite(expected) & torch.isfinite(slack))
+        if bool(lost.any()) and self.second is None:
+            rows = lost.nonzero().reshape(-1)
+            try:
+                found, size = self._precise([d[rows] for d in directions])
+            except _dual.Unavailable:
+                expected, slack = expected.clone(), slack.clone()
+                expected[rows] = math.nan
+                return expected, slack
+            expected, slack = expected.clone(), slack.clone()
+            expected[rows], slack[rows] = found, self.scale * size
+
+        return expected, slack
+
+    def _precise(self, directions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The arbitrary-precision tier along ``directions``: values and sizes; with
+        :attr:`jitter`, the sizes widened as :meth:`run` widens the float64 tier's."""
+        if sum(self.values[i].numel() for i in self.moving) > PRECISE_ELEMENTS:
+            raise _dual.Unavailable("too many input elements for the arbitrary-precision tier")
+        deadline = self.check.deadline.sub(PRECISE_SECONDS).at
+        graph = _dual.Graph(uncompiled(self.check.f), self.values, self.moving, directions)
+        found, size = (torch.tensor(a, dtype=torch.float64) for a in graph.contract(self.v, deadline=deadline))
+        if self.jitter:
+            moved = torch.zeros_like(found)
+            for seed in range(JITTERED):
+                other, _ = graph.contract(self.v, deadline=deadline, jitter=seed)
+                moved = torch.maximum(moved, (torch.tensor(other, dtype=torch.float64) - found).abs())
+            size = size + 2 * moved / self.scale
+        return found, size
+
     def run(self, directions: Sequence[torch.Tensor]) -> _directional.Run:
         """Forward mode along ``directions``; with :attr:`jitter`, the tangents' allowance is
         widened by how far they move when every computed value is moved by a few units in
@@ -798,7 +843,10 @@ def _failing_blocks(exact: _Directional, u: torch.Tensor, along: Along, total: i
     """The blocks (of about ``total / KINK_BLOCKS`` elements) where autograd is wrong along ``u``."""
     edges = sorted({round(total * b / KINK_BLOCKS) for b in range(KINK_BLOCKS + 1)})
     blocks = list(zip(edges[:-1], edges[1:]))
-    return [b for b, bad in zip(blocks, _block_excess(exact, u, along, total, blocks)) if not bad <= 1.0]
+    excess = _block_excess(exact, u, along, total, blocks)
+    if bool(torch.isnan(excess).any()):
+        return []  # no count where some block has no exact value
+    return [b for b, bad in zip(blocks, excess) if not bad <= 1.0]
 
 
 def _block_excess(exact: _Directional, u: torch.Tensor, along: Along, total: int,
@@ -807,9 +855,9 @@ def _block_excess(exact: _Directional, u: torch.Tensor, along: Along, total: int
     rows = torch.zeros(len(blocks), total, dtype=torch.float64)
     for r, (lo, hi) in enumerate(blocks):
         rows[r, lo:hi] = u[lo:hi]
-    out = exact.run(exact.split(rows))
-    expected, slack = exact.contract(out[1], out[2])
+    expected, slack = exact.settled(exact.split(rows))
     got = along(rows) if got is None else got
+    # nan where the exact side has no value (beyond every tier): such a block is not located
     excess = (got - expected).abs() / (exact.check.tol.atol + slack)
     if not exact.jitter and not bool((excess <= 1.0).all()):
         exact.jitter = True
@@ -831,6 +879,8 @@ def _bisect(exact: _Directional, u: torch.Tensor, along: Along, total: int,
                 middle = (lo + hi) // 2
                 halves += [(lo, middle), (middle, hi)]
         excess = _block_excess(exact, u, along, total, halves)
+        if bool(torch.isnan(excess).any()):
+            return []
         failing = [(float(excess[r]), halves[r]) for r in range(len(halves)) if not excess[r] <= 1.0]
         if not failing:
             return []

@@ -1844,8 +1844,23 @@ def _trace_builtin(f: Callable[..., Any], dtype: torch.dtype, mark: bool = False
     )
 
 
+def trace_at(f: Callable[..., Any], inputs: Sequence[np.ndarray | torch.Tensor], dtype: torch.dtype) -> np.ndarray:
+    """Run ``f`` on tensors whose elements are the given SymPy expressions (object arrays; a
+    torch tensor, such as integer targets, is passed as it is) and return its output's
+    elements: the tracer's exact rules applied to expressions of the caller's choosing (the
+    directional check's high-precision tier traces ``f(x0 + t u)`` with numbers and ``t``)."""
+    tensors = [SymbolicTensor(x.copy(), dtype) if isinstance(x, np.ndarray) else x for x in inputs]
+    return _run_traced(uncompiled(f), tensors).output
+
+
 def _trace_with(f, names, shapes, dtype, mark: bool = False) -> Trace:
     symbols, tensors = _symbolic_inputs(names, shapes, dtype)
+    traced = _run_traced(f, tensors, mark)
+    return Trace(names=tuple(names), symbols=symbols, output=traced.output, shapes=tuple(shapes),
+                 narrowest=traced.narrowest)
+
+
+def _run_traced(f, tensors, mark: bool = False) -> Trace:
     with _tracing(mark):
         casts = _CASTS.get()
         try:
@@ -1872,7 +1887,7 @@ def _trace_with(f, names, shapes, dtype, mark: bool = False) -> Trace:
     output = np.frompyfunc(_as_number, 1, 1)(output) if output.ndim else _scalar_array(_as_number(output.item()))
     output = np.asarray(output, dtype=object)
     narrowest = max(casts, key=lambda d: torch.finfo(d).eps, default=None)
-    return Trace(names=tuple(names), symbols=symbols, output=output, shapes=tuple(shapes), narrowest=narrowest)
+    return Trace(names=(), symbols=(), output=output, narrowest=narrowest)
 
 
 @contextlib.contextmanager

@@ -580,8 +580,89 @@ def test_the_numbers_docs_layers_states():
 
     assert (_judge.DIRECTIONS, _judge.LOCATED, _judge.KINK_BLOCKS) == (4, 5, 64)
     assert (_check.SYMBOLIC_SECONDS, _check.DRAWN_EXAMPLES, _report.LITERAL_ELEMENTS) == (5.0, 12, 64)
+    from autocheck import _dual
+
+    assert (_judge.PRECISE_ELEMENTS, _judge.PRECISE_SECONDS, _dual.PRECISION, _dual.RESOLUTION_BITS) == (4096, 30.0, 200, 64)
 
 
 def test_a_float32_leg_inside_a_float64_function_gets_float32_rounding():
     report = autocheck.assert_grad_matches(lambda x: (x.float().sin().double() * x).cumsum(1), randn(20, 30), seed=0)
     assert report.checked == 600 and "forward mode" in report.formula
+
+
+# Where float64 forward mode overflows on the way to a finite derivative: sqrt's derivative at
+# 5e-324 is 2.2e161, times 1e150 is beyond float64, while 1e-200 later the derivative is about
+# 1e111. Autograd, which multiplies from the output back, stays in range.
+SUBNORMAL_HALF = torch.ones(200, dtype=F64)
+SUBNORMAL_HALF[::2] = 5e-324
+
+
+def scaled_sqrt_times_sum(x, sqrt=torch.sqrt):
+    return sqrt(x) * 1e150 * 1e-200 * x.sum()
+
+
+class QuarterSqrt(torch.autograd.Function):
+    """sqrt, with a backward half the right size."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sqrt(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g / (4 * torch.sqrt(x))
+
+
+def test_a_derivative_float64_forward_mode_overflows_on_is_judged_in_arbitrary_precision():
+    report = autocheck.assert_grad_matches(scaled_sqrt_times_sum, SUBNORMAL_HALF, seed=0)
+    assert report.checked == 200
+    from autocheck import _judge
+
+    # Without the arbitrary-precision tier nothing could be judged here
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_judge, "PRECISE_ELEMENTS", 0)
+        with pytest.raises(autocheck.NothingChecked):
+            autocheck.assert_grad_matches(scaled_sqrt_times_sum, SUBNORMAL_HALF, seed=0)
+
+
+def test_a_bug_where_float64_forward_mode_overflows_is_found_and_located():
+    report = autocheck.check_grad(lambda x: scaled_sqrt_times_sum(x, QuarterSqrt.apply), SUBNORMAL_HALF, seed=0)
+    assert not report.ok
+    row = report.worst[0]
+    assert row.inputs == (5e-324,) and row.rel_error == pytest.approx(0.5)
+    assert row.index[0] % 2 == 0  # a subnormal element, where the backward is wrong by half
+
+
+def test_arbitrary_precision_agrees_with_autograd_on_a_layer_norm():
+    from autocheck import _dual
+
+    x, weight = randn(256, seed=1), randn(256, seed=2)
+    u, v = randn(3, 256, seed=3), randn(256, seed=4)
+
+    def f(x):
+        return F.layer_norm(x, (256,), weight) ** 3
+
+    expected, size = _dual.Graph(f, [x], [0], [u]).contract(v)
+    leaf = x.clone().requires_grad_(True)
+    f(leaf).backward(v)
+    assert expected == pytest.approx((u @ leaf.grad).tolist(), rel=1e-12)
+    assert all(s >= abs(e) for s, e in zip(size, expected))  # the size bounds the value
+    moved, _ = _dual.Graph(f, [x], [0], [u]).contract(v, jitter=0)
+    assert moved != expected and moved == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "f, point",
+    [
+        (lambda x: torch.relu(x) * x.sum(), torch.zeros(3, dtype=F64)),  # relu at 0: a kink
+        (lambda x: x.max() * x, torch.ones(3, dtype=F64)),  # a tie of max
+        (lambda x: torch.sqrt(x) * x.sum(), torch.zeros(3, dtype=F64)),  # sqrt's pole at 0
+    ],
+)
+def test_arbitrary_precision_gives_no_value_at_a_kink_or_pole(f, point):
+    from autocheck import _dual
+
+    with pytest.raises(_dual.Unavailable):
+        _dual.Graph(f, [point], [0], [torch.tensor([[1.0, 2.0, 3.0]], dtype=F64)]).contract(torch.ones(3, dtype=F64))
