@@ -204,3 +204,25 @@ def test_strategies_tensors_respect_bounds_and_device():
         assert bool((t.abs() <= 1).all())
 
     check()
+
+
+def test_the_edge_of_a_failing_interval_is_found_to_its_resolution_in_few_batches():
+    from autocheck import _search
+
+    batches = []
+
+    def failures(columns):
+        batches.append(len(columns[0]))
+        return columns[0] > 20.5
+
+    edge = _search._edge([1e300], 0, 1e300, 0.0, failures, torch.float64)  # from far out towards 0
+    assert 20.5 < edge <= 20.5 * (1 + _search.EDGE_RESOLUTION)
+    assert max(batches) == 2**_search.EDGE_LEVELS - 1 and len(batches) <= 20
+
+
+def test_midpoints_run_from_one_end_to_the_other_in_magnitude_order():
+    from autocheck import _search
+
+    points = _search._midpoints(1e-10, 1e10, 2, torch.float64)
+    assert points == pytest.approx([1e-5, 1.0, 1e5], rel=1e-12)
+    assert _search._midpoints(1.0, 1.0, 4, torch.float64) == []
