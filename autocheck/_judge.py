@@ -192,16 +192,49 @@ class Exact:
         """:meth:`slack`, with the atoms' values given (:meth:`atom_values`)."""
         arguments = [*columns, *units, rtol, *[a.abs() for a in atoms]]
         slack = [b.abs() for b in self.bounds(*arguments)]
+        first_atom = len(arguments) - len(atoms)
         for k, values in enumerate(slack):
             lost = ~torch.isfinite(values)
             if bool(lost.any()):
                 index = lost.nonzero(as_tuple=True)
                 again = [torch.as_tensor(a, dtype=torch.float64).expand(values.shape)[index] for a in arguments]
-                (exact,) = _oracle.evaluate([self._bound_exprs[k]], self._bound_symbols, again, accuracy=ATOM_ACCURACY)
+                found = self._without_zero_atoms(k, again, first_atom)
+                exact = found.clone()
+                missing = ~torch.isfinite(found)
+                if bool(missing.any()):
+                    (refined,) = _oracle.evaluate([self._bound_exprs[k]], self._bound_symbols,
+                                                  [a[missing] for a in again], accuracy=ATOM_ACCURACY)
+                    exact[missing] = refined.to(exact.dtype)
                 values = values.clone()
                 values[index] = exact.abs().to(values.device)
                 slack[k] = values
         return slack
+
+    def _without_zero_atoms(self, k: int, arguments: list[torch.Tensor], first_atom: int) -> torch.Tensor:
+        """Entry ``k``'s bound in float64 where it was not finite because an atom that is exactly
+        0 multiplied an overflowed factor of the bound's own (0 times the exponential of a
+        rounding error at 1e200): with those atoms 0 in the expression itself, where every atom
+        is finite (an infinite local derivative times 0 is no value, and is left to the oracle).
+        nan where this does not give a finite value."""
+        shape = arguments[0].shape
+        out = torch.full(shape, math.nan, dtype=torch.float64)
+        atoms = arguments[first_atom:]
+        if not atoms:
+            return out
+        finite = torch.stack([torch.isfinite(a) for a in atoms]).all(0)
+        zeros = torch.stack([a == 0 for a in atoms], dim=1) & finite[:, None]
+        for pattern in {tuple(row) for row in zeros[finite].tolist() if any(row)}:
+            rows = finite & (zeros == torch.tensor(pattern)).all(1)
+            bound = self._bound_with_zeros(k, pattern)
+            (value,) = bound(*[a[rows] for a in arguments])
+            out[rows] = torch.as_tensor(value, dtype=torch.float64).expand(int(rows.sum()))
+        return out
+
+    @functools.lru_cache(maxsize=64)
+    def _bound_with_zeros(self, k: int, pattern: tuple[bool, ...]) -> Callable[..., tuple[torch.Tensor, ...]]:
+        atoms = [symbol for symbol, _ in self.atoms]
+        zeroed = self._bound_exprs[k].subs({a: 0 for a, zero in zip(atoms, pattern) if zero})
+        return _printer.to_torch([zeroed], self._bound_symbols)
 
 
 def _partials_taken(e: sympy.Basic) -> sympy.Expr:

@@ -472,6 +472,18 @@ def _is_exact_integer(value: arb) -> bool:
     return bool(value.is_exact() and value.is_integer())
 
 
+#: Above this argument arb's erfcx is the confluent hypergeometric U(1/2, 1/2, z**2)/sqrt(pi)
+#: (DLMF 7.11.4 with 13.6.7), which needs no exp(z**2): at 1e200 exp(z**2) erfc(z) is a ball
+#: of infinite width; below it the product is the faster of the two.
+ERFCX_BY_U_ABOVE = 25
+
+
+def _arb_erfcx(z: arb) -> arb:
+    if z > ERFCX_BY_U_ABOVE:
+        return (z * z).hypgeom_u(0.5, 0.5) / arb.pi().sqrt()
+    return (z * z).exp() * z.erfc()
+
+
 class _Real:
     """One arb function with real-valued semantics and decided edges.
 
@@ -798,7 +810,7 @@ _BUILTIN_ARB: dict[type, Implementation | _Real | None] = {
     sympy.erfc: _arb_method("erfc"),
     ReflectedErfc: _Real(lambda u: (-u).erfc(), name="ReflectedErfc"),
     ScaledBesselI: _Real(lambda n, x: (-abs(x)).exp() * x.bessel_i(n), name="ScaledBesselI"),
-    Erfcx: _Real(lambda z: (z * z).exp() * z.erfc(), name="Erfcx"),
+    Erfcx: _Real(lambda z: _arb_erfcx(z), name="Erfcx"),
     sympy.erfinv: _arb_method("erfinv", domain=_interval(-1, 1), pole=_at(-1, 1)),
     sympy.erfcinv: _arb_method("erfcinv", domain=_interval(0, 2), pole=_at(0, 2)),
     sympy.gamma: _arb_method("gamma", pole=_nonpositive_integer),

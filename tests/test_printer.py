@@ -571,3 +571,22 @@ def test_symbols_with_any_name():
     odd = [sympy.Dummy("x"), sympy.Symbol("x[0]"), sympy.Symbol("_like"), sympy.Symbol("lambda")]
     (out,) = to_torch([sympy.Add(*odd) + sympy.sqrt(2) * odd[0]], odd)(1.0, 2.0, 3.0, 4.0)
     assert out.item() == pytest.approx(10 + math.sqrt(2))
+
+
+@pytest.mark.parametrize("z", [-3.0, 0.5, 24.9, 25.1, 1e10, 7e199, 1.7e308])
+def test_arb_erfcx_is_certified_far_out_and_agrees_with_mpmath(z):
+    import flint
+    import mpmath
+
+    from autocheck._printer import Erfcx, to_arb
+
+    s = sympy.Symbol("s", real=True)
+    flint.ctx.prec = 100
+    try:
+        (ball,) = to_arb([Erfcx(s)], [s])(z)
+    finally:
+        flint.ctx.prec = 53
+    assert ball.is_finite() and ball.rad() < abs(ball.mid()) * 2.0**-80  # a narrow ball, even at 1e308
+    with mpmath.workdps(60):
+        exact = mpmath.exp(mpmath.mpf(z) ** 2) * mpmath.erfc(z) if abs(z) < 1e5 else 1 / (mpmath.mpf(z) * mpmath.sqrt(mpmath.pi)) * (1 - 1 / (2 * mpmath.mpf(z) ** 2))
+        assert float(ball.mid()) == pytest.approx(float(exact), rel=1e-15)

@@ -146,6 +146,20 @@ def test_log_ndtr_far_out_is_judged_and_passes():
     assert autocheck.check_grad(torch.special.log_ndtr, x, seed=0, strict=True).checked == 3
 
 
+def test_log_ndtr_far_right_is_settled_without_high_precision(monkeypatch):
+    # Beyond 38 the derivative is below the smallest subnormal (proven by bounds on erfc), and
+    # the error bound is 0 times the exponential of a rounding error at 1e200 (zero, not nan)
+    from autocheck import _oracle
+
+    asked = []
+    original = _oracle._precise.exact_values
+    monkeypatch.setattr(_oracle._precise, "exact_values",
+                        lambda exprs, *args, **kwargs: asked.append(exprs) or original(exprs, *args, **kwargs))
+    x = torch.logspace(1.6, 300, 320, dtype=F64)  # half of them beyond 1e154, where x**2 overflows
+    report = autocheck.assert_grad_matches(torch.special.log_ndtr, x, seed=0)
+    assert report.checked == 320 and asked == []
+
+
 def test_a_kernel_checked_through_its_error_bound_still_finds_a_small_error():
     # i0's backward is torch's i1, less accurate than the tolerance asks of a reference: the
     # cheap test adds the kernel's error bound; a backward off by 3e-11 is still found.
