@@ -473,6 +473,7 @@ def _is_exact_integer(value: arb) -> bool:
 
 
 #: Above this argument arb's erfcx is the confluent hypergeometric U(1/2, 1/2, z**2)/sqrt(pi)
+#: (and erfc that times exp(-z**2))
 #: (DLMF 7.11.4 with 13.6.7), which needs no exp(z**2): at 1e200 exp(z**2) erfc(z) is a ball
 #: of infinite width; below it the product is the faster of the two.
 ERFCX_BY_U_ABOVE = 25
@@ -482,6 +483,14 @@ def _arb_erfcx(z: arb) -> arb:
     if z > ERFCX_BY_U_ABOVE:
         return (z * z).hypgeom_u(0.5, 0.5) / arb.pi().sqrt()
     return (z * z).exp() * z.erfc()
+
+
+def _arb_erfc(z: arb) -> arb:
+    """erfc; far right exp(-z**2) erfcx(z), a ball around a tiny value where arb's own erfc
+    gives one around 0 (1e200: the value has an exponent of -2e400)."""
+    if z > ERFCX_BY_U_ABOVE:
+        return (-(z * z)).exp() * _arb_erfcx(z)
+    return z.erfc()
 
 
 class _Real:
@@ -807,8 +816,8 @@ _BUILTIN_ARB: dict[type, Implementation | _Real | None] = {
     sympy.DiracDelta: _arb_dirac_delta,
     sympy.sinc: _arb_method("sinc"),
     sympy.erf: _arb_method("erf"),
-    sympy.erfc: _arb_method("erfc"),
-    ReflectedErfc: _Real(lambda u: (-u).erfc(), name="ReflectedErfc"),
+    sympy.erfc: _Real(lambda z: _arb_erfc(z), name="erfc"),
+    ReflectedErfc: _Real(lambda u: _arb_erfc(-u), name="ReflectedErfc"),
     ScaledBesselI: _Real(lambda n, x: (-abs(x)).exp() * x.bessel_i(n), name="ScaledBesselI"),
     Erfcx: _Real(lambda z: _arb_erfcx(z), name="Erfcx"),
     sympy.erfinv: _arb_method("erfinv", domain=_interval(-1, 1), pole=_at(-1, 1)),

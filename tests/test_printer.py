@@ -590,3 +590,22 @@ def test_arb_erfcx_is_certified_far_out_and_agrees_with_mpmath(z):
     with mpmath.workdps(60):
         exact = mpmath.exp(mpmath.mpf(z) ** 2) * mpmath.erfc(z) if abs(z) < 1e5 else 1 / (mpmath.mpf(z) * mpmath.sqrt(mpmath.pi)) * (1 - 1 / (2 * mpmath.mpf(z) ** 2))
         assert float(ball.mid()) == pytest.approx(float(exact), rel=1e-15)
+
+
+@pytest.mark.parametrize("u", [-30.0, 0.5, 26.0, 1e10, 7e199])
+def test_arb_erfc_far_right_is_a_narrow_ball_around_a_tiny_value(u):
+    import flint
+
+    from autocheck._printer import ReflectedErfc, to_arb
+
+    s = sympy.Symbol("s", real=True)
+    flint.ctx.prec = 3000  # enough for exp(-u**2) at 7e199 (its exponent has 1329 bits)
+    try:
+        erfc, reflected = to_arb([sympy.erfc(s), ReflectedErfc(-s)], [s])(u)
+        ratio = erfc / (-(flint.arb(u) ** 2)).exp()  # erfcx(u), which is about 1/(u sqrt(pi)) far right
+    finally:
+        flint.ctx.prec = 53
+    assert erfc.is_finite() and erfc > 0 and erfc.rad() < erfc.mid() * 2.0**-60
+    assert reflected.overlaps(erfc)
+    if u > 1e5:
+        assert float(ratio.mid()) == pytest.approx(1 / (u * math.sqrt(math.pi)), rel=1e-12)
