@@ -129,7 +129,7 @@ def _build(expr: sympy.Basic, symbols: tuple[sympy.Symbol, ...], built: dict) ->
     if isinstance(expr, sympy.log) and _complement_of_erfc(expr.args[0]) is not None:
         return _log_of_ndtr(_node(_complement_of_erfc(expr.args[0]), symbols, built))
     one = {sympy.exp: _exp, sympy.log: _log, sympy.Abs: _abs, sympy.erfc: _erfc,
-           _printer.ReflectedErfc: _reflected_erfc, _printer.Erfcx: _erfcx}.get(type(expr))
+           _printer.ReflectedErfc: _reflected_erfc, _printer.Erfcx: _erfcx, sympy.erfcinv: _erfcinv}.get(type(expr))
     if isinstance(expr, (sympy.sin, sympy.cos, sympy.tanh, sympy.atan, sympy.erf)):
         one = _bounded
     if one is not None:
@@ -251,6 +251,17 @@ def _reflected_erfc(argument: Bounds) -> Bounds:
     """erfc(-u): erfc of the argument with its sign turned."""
     low, high, sign = argument
     return _erfc((low, high, -sign))
+
+
+def _erfcinv(argument: Bounds) -> Bounds:
+    """erfcinv(y) for y certainly in (0, 1): positive, and at most sqrt(log(1/y)), since
+    erfc(t) <= exp(-t**2) for t >= 0; no lower bound (0 at y = 1). Elsewhere unknown."""
+    low, high, sign = argument
+    inside = (sign > 0) & (high < 0)
+    upper = 0.5 * np.log2(np.maximum(-low * math.log(2), np.finfo(float).tiny))  # log2 sqrt(ln(1/y_min))
+    out_low, out_high = _widen(np.full_like(low, -_INF), upper)
+    return (np.where(inside, out_low, -_INF), np.where(inside, out_high, _INF),
+            np.where(inside, 1.0, math.nan))
 
 
 def _complement_of_erfc(argument: sympy.Basic) -> sympy.Expr | None:

@@ -105,20 +105,23 @@ def _log2_exact(f, t):
         ("erfc(-x)", _printer.ReflectedErfc(x), lambda t: (-t).erfc()),
         ("erfcx", _printer.Erfcx(x), lambda t: (t * t).exp() * t.erfc()),
         ("log ndtr", sympy.log(_printer.ReflectedErfc(x) / 2), lambda t: (-t.erfc() / 2).log1p()),
+        ("erfcinv", sympy.erfcinv(x), lambda t: t.erfcinv()),
     ],
 )
 def test_erfc_family_bounds_enclose_the_exact_order_of_magnitude(name, expr, exact):
-    at = [-1e300, -1e160, -1e10, -100.0, -30.0, -1.0, -1e-300, 0.0, 1e-300, 0.5, 1.0, 5.0, 27.0, 30.0, 38.0, 100.0,
-          1e5, 1e10, 1e160, 1e300]
+    at = [-1e300, -1e160, -1e10, -100.0, -30.0, -1.0, -1e-300, 0.0, 5e-324, 1e-300, 1e-10, 0.5, 0.999, 1.0, 5.0, 27.0,
+          30.0, 38.0, 100.0, 1e5, 1e10, 1e160, 1e300]
     low, high, _ = _magnitude._compile(expr, (x,))([np.array(at)])
     for t, lo, hi in zip(at, np.broadcast_to(low, len(at)), np.broadcast_to(high, len(at))):
         if name == "log ndtr" and t < 5:  # log near 0 or of a small number: no bound claimed here
+            continue
+        if name == "erfcinv" and not 0 < t < 1:  # bounded (from above) inside (0, 1) only
             continue
         if abs(t) > 1e10:  # exp(t**2) at 1e160 is beyond arb's reach: see the asymptotic test below
             continue
         true = _log2_exact(exact, t)
         assert lo <= true <= hi, (name, t, lo, true, hi)
-        if abs(t) < 1e10 and name != "log ndtr":
+        if abs(t) < 1e10 and name not in ("log ndtr", "erfcinv"):
             assert hi - lo < 2.5, (name, t, lo, hi)  # tight: within the bounds' factor of about 2
 
 
@@ -129,6 +132,13 @@ def test_erfcx_far_right_is_bounded_around_its_asymptote():
     asymptote = -np.log2(at) - math.log2(math.sqrt(math.pi))
     assert np.all(low <= asymptote) and np.all(asymptote <= high) and np.all(high - low < 1.5)
     assert sign.tolist() == [1.0] * 3
+
+
+def test_ndtri_derivative_at_subnormal_probabilities_overflows_at_once():
+    # sqrt(2 pi) exp(ndtri(p)**2 / 2), as the oracle writes it: about 1/p, beyond float64 below 1e-308
+    derivative = sympy.sqrt(2 * sympy.pi) * _printer.Erfcx(sympy.erfcinv(2 * x)) / (2 * x)
+    settled, value = settle(derivative, [5e-324, 1e-315, 1e-310, 1e-300])
+    assert settled == [True, True, True, False] and value[:3] == [math.inf] * 3
 
 
 def test_log_ndtr_derivative_far_right_rounds_to_zero_at_once():
