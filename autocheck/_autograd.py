@@ -109,6 +109,58 @@ def vjp(
     return out.detach(), [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
 
 
+def forward_over_reverse(
+    f: Callable[..., Any],
+    values: Sequence[torch.Tensor],
+    order: int,
+    v: torch.Tensor,
+    u: Sequence[Sequence[torch.Tensor]],
+    name: str = "f",
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What :func:`vjp` gives at ``order`` >= 2, with the last level taken by forward mode:
+    the inputs are dual tensors carrying the last level's ``u`` as tangents, the gradients of
+    the earlier levels are taken by reverse mode through their graph, and the tangent of the
+    last of them is the answer (a Hessian-vector product at order 2: each level's gradient is
+    the gradient of a scalar, so its Jacobian is symmetric and ``J w`` is ``J^T w``)."""
+    import torch.autograd.forward_ad as fwAD
+
+    levels = list(u)
+    last = levels[-1]
+    with fwAD.dual_level():
+        leaves = [x.detach().clone().requires_grad_(True) for x in values]
+        duals = [fwAD.make_dual(p, w.to(device=p.device, dtype=p.dtype).expand(p.shape)) for p, w in zip(leaves, last)]
+        try:
+            out = _output(f, duals)
+            v = v.expand(out.shape) if v.shape != out.shape else v
+            grads = torch.autograd.grad(out, leaves, v, create_graph=True, allow_unused=True)
+            for level in levels[:-1]:
+                connected = [(g * w.expand(g.shape)).sum() for g, w in zip(grads, level)
+                             if g is not None and g.requires_grad]
+                if not connected:
+                    grads = (None,) * len(leaves)
+                    break
+                grads = torch.autograd.grad(sum(connected), leaves, create_graph=True, allow_unused=True)
+        except (NotImplementedError, RuntimeError) as error:
+            _forward_mode_error(error, name)
+            raise
+        tangents = [fwAD.unpack_dual(g).tangent if g is not None else None for g in grads]
+    return out.detach(), [t.detach() if t is not None else torch.zeros_like(x) for t, x in zip(tangents, leaves)]
+
+
+def _forward_mode_error(error: Exception, name: str) -> None:
+    """Raise a clear TypeError where forward mode cannot run what ``name`` calls."""
+    text = str(error)
+    if "jvp" in text and "autograd.Function" in text:
+        raise TypeError(
+            f"modes includes 'fwd', but {name} calls a custom autograd.Function without a jvp staticmethod, "
+            "so forward mode cannot run it: add jvp(ctx, *tangents) to the Function, or check "
+            "modes=('rev',)"
+        ) from None
+    if "forward AD" in text or "forward-mode" in text or "forward mode" in text:
+        raise TypeError(f"modes includes 'fwd', but torch has no forward-mode derivative for an operation "
+                        f"{name} runs ({text.splitlines()[0]}); check modes=('rev',)") from None
+
+
 def jvp(f: Callable[..., Any], values: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor],
         name: str = "f") -> tuple[torch.Tensor, torch.Tensor]:
     """Forward mode: ``f``'s value and the tangent of its output when each input carries the
@@ -121,16 +173,7 @@ def jvp(f: Callable[..., Any], values: Sequence[torch.Tensor], tangents: Sequenc
         try:
             out = f(*duals)
         except (NotImplementedError, RuntimeError) as error:
-            text = str(error)
-            if "jvp" in text and "autograd.Function" in text:
-                raise TypeError(
-                    f"modes includes 'fwd', but {name} calls a custom autograd.Function without a jvp staticmethod, "
-                    "so forward mode cannot run it: add jvp(ctx, *tangents) to the Function, or check "
-                    "modes=('rev',)"
-                ) from None
-            if "forward AD" in text or "forward-mode" in text or "forward mode" in text:
-                raise TypeError(f"modes includes 'fwd', but torch has no forward-mode derivative for an operation "
-                                f"{name} runs ({text.splitlines()[0]}); check modes=('rev',)") from None
+            _forward_mode_error(error, name)
             raise
         if isinstance(out, (tuple, list)) or not isinstance(out, torch.Tensor):
             raise TypeError(f"f returned {type(out).__name__}; return a single tensor")
@@ -155,13 +198,16 @@ def pointwise(
     order: int,
     v: torch.Tensor,
     u: Sequence[torch.Tensor] | None = None,
+    gradients: Callable[..., tuple[torch.Tensor, list[torch.Tensor]]] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """:func:`vjp` one point at a time, for a function of scalars that is not elementwise over a batch."""
+    """:func:`vjp` (or ``gradients``, with its arguments) one point at a time, for a function of
+    scalars that is not elementwise over a batch."""
+    gradients = gradients or vjp
     flat = [p.expand(shape).reshape(-1) for p in values]
     forwards, grads = [], [[] for _ in values]
     for k in range(flat[0].numel()):
         uk = [[w.reshape(-1)[k] for w in level] for level in u] if u is not None else None
-        forward, g = vjp(f, [p[k] for p in flat], order, v.reshape(-1)[k], uk)
+        forward, g = gradients(f, [p[k] for p in flat], order, v.reshape(-1)[k], uk)
         forwards.append(forward.reshape(()))
         for i, gi in enumerate(g):
             grads[i].append(gi.reshape(()))

@@ -138,6 +138,10 @@ class Row:
 
 #: What ends a row's ``where`` when the value is forward mode's (``d/dx, forward mode``).
 FORWARD_LABEL = ", forward mode"
+#: ... and when it is a higher derivative whose last level forward mode took (``d²/dx², forward
+#: over reverse mode``: dual tensors through the gradient's graph).
+FORWARD_OVER_REVERSE_LABEL = ", forward over reverse mode"
+MODE_LABELS = (FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL)
 
 #: Rows a judgement keeps: the failing ones first, then the largest errors.
 WORST_ROWS = 5

@@ -19,11 +19,11 @@ import sympy
 import torch
 
 from . import _directional, _dual, _oracle, _precise, _printer
-from ._autograd import FORWARD, REVERSE, cotangent, jvp, pointwise, pointwise_jvp, vjp
+from ._autograd import FORWARD, REVERSE, cotangent, forward_over_reverse, jvp, pointwise, pointwise_jvp, vjp
 from ._budget import OutOfTime
 from ._compare import (
-    FORWARD_LABEL, NOT_FINITE_EXACT, OUT_OF_TIME, Elements, Refinement, Row, Verdict, judge, kink_test, tolerance_for,
-    ulp,
+    FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL, NOT_FINITE_EXACT, OUT_OF_TIME, Elements, Refinement, Row, Verdict, judge,
+    kink_test, tolerance_for, ulp,
 )
 from ._error_model import PERTURBATION, UNDERFLOW, UNIT, Allowance, autograd_allowance, expand_ops, formula_allowance
 from ._errors import TraceError
@@ -255,6 +255,11 @@ def exact_side(derivatives: Derivatives, strict: bool) -> Exact:
 # A batch of points of a function of scalars
 # --------------------------------------------------------------------------------------
 
+#: Forward over reverse sums the terms of a higher derivative in its own order: the allowance
+#: is at least this many rtol of the terms' summed magnitudes (a sum of a few terms, each a
+#: product of a few rounded factors).
+REORDERED_UNITS = 4
+
 
 def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Generator, *,
                  index_shape: tuple[int, ...] | None = None, offset: int = 0) -> Verdict:
@@ -292,8 +297,12 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         (lambda k: None)
 
     def judged(keys: list[int], weights: list[torch.Tensor], got: torch.Tensor, label: str,
-               upstream: torch.Tensor | None, kink: bool) -> Verdict:
-        """Autograd's ``got`` against the sum of the entries ``keys`` times ``weights``."""
+               upstream: torch.Tensor | None, kink: bool, reordered: bool = False) -> Verdict:
+        """Autograd's ``got`` against the sum of the entries ``keys`` times ``weights``.
+
+        ``reordered``: autograd summed the same terms in another order than the error model
+        follows (forward over reverse), so the allowance also covers rounding each term: rtol
+        times the sum of the terms' magnitudes."""
         if len(keys) == 1:  # the common case: the judge weights the derivative where it looks
             expected, weight, trust = fast[keys[0]], weights[0], trusted[keys[0]]
         else:
@@ -308,26 +317,47 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
             autograd=got.reshape(-1), expected=expected, weight=weight, trusted=trust, error=error,
             skip=skip, skip_input=bad_input, upstream=upstream, where=label, point=points, index=index_of,
         )
+        def slack(index: torch.Tensor) -> torch.Tensor:
+            modelled = batch.slack(keys, weights, index)
+            if not reordered:
+                return modelled
+            terms = sum(w[index].abs() * fast[k][index].abs().nan_to_num(nan=0.0) for w, k in zip(weights, keys))
+            return torch.maximum(modelled, REORDERED_UNITS * check.tol.rtol * terms)
+
         refine = Refinement(
             expected=lambda index: batch.expected(keys, weights, index),
-            slack=lambda index: batch.slack(keys, weights, index),
+            slack=slack,
             kink=batch.kink(keys[0], weights[0]) if kink else None,
             undefined=lambda index: exact.undefined(batch._columns(index), keys).reshape(-1),
             unbounded=lambda index, positions: batch.unbounded(keys, index, positions),
         )
         return judge(elements, refine, check.rounding_dtype, check.tol)
 
-    if REVERSE in check.modes:
+    def judge_gradients(grads: Sequence[torch.Tensor], mode: str) -> None:
         for i in range(n):
             keys = [k for k, entry in enumerate(d.entries) if entry.wrt[-1] == i]
             weights = [weight_of(k) for k in keys]
-            label = label_of(d.symbols, d.entries[keys[0]]) if order == 1 else higher_label(order, d.names[i])
+            label = (label_of(d.symbols, d.entries[keys[0]]) if order == 1 else higher_label(order, d.names[i])) + mode
             if values[i].shape == shape:
-                verdict.merge(judged(keys, weights, grads[i], label, v64 if order == 1 else None, order == 1))
+                verdict.merge(judged(keys, weights, grads[i], label, v64 if order == 1 else None, order == 1,
+                                     reordered=bool(mode)))
             else:
                 elements, refine = batch.broadcast(i, grads[i], x64[i], shape, skip, label, keys, weights)
                 verdict.merge(judge(elements, refine, check.rounding_dtype, check.tol))
-    if FORWARD in check.modes:
+
+    if REVERSE in check.modes:
+        judge_gradients(grads, "")
+    if FORWARD in check.modes and order > 1:
+        # Forward over reverse: the same derivatives, the last level by dual tensors
+        def gradients(f, at, order, v, u):
+            return forward_over_reverse(f, at, order, v, u, check.name)
+
+        if check.pointwise:
+            _, forward_grads = pointwise(check.f, values, shape, order, v, u, gradients)
+        else:
+            _, forward_grads = gradients(check.f, values, order, v, u)
+        judge_gradients(forward_grads, FORWARD_OVER_REVERSE_LABEL)
+    elif FORWARD in check.modes:
         # The output's tangent when each input carries a random tangent t_i: sum_i f_i' t_i.
         tangents = [cotangent(shape, check.dtype, check.device, generator) for _ in range(n)]
         if check.pointwise:
@@ -630,7 +660,14 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
         flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
             torch.zeros(0, dtype=torch.float64)
         verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, lambda rows: rows @ flat, ""))
-    if FORWARD in check.modes:
+    if FORWARD in check.modes and order == 2:  # forward over reverse: H w with w carried by dual tensors
+        w = [[t.to(check.dtype) for t in second]]
+        _, grads = forward_over_reverse(f, [values[i] for i in moving], order, v, w, check.name)
+        flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
+            torch.zeros(0, dtype=torch.float64)
+        verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, lambda rows: rows @ flat,
+                                   FORWARD_OVER_REVERSE_LABEL))
+    elif FORWARD in check.modes:
         def along(rows: torch.Tensor) -> torch.Tensor:
             """<v, J r> by torch's forward mode, per row r of ``rows`` (one dual pass each)."""
             sums, parts = [], exact.split(rows)
@@ -925,7 +962,8 @@ def _bisect(exact: _Directional, u: torch.Tensor, along: Along, total: int,
 def _direction_row(got: torch.Tensor, expected: torch.Tensor, allowed: torch.Tensor, k: int, failed: bool,
                    mode: str = "") -> Row:
     g, e = float(got), float(expected)
-    side = "<v, J u> by dual tensors" if mode else "<x.grad, u>"
+    side = {FORWARD_LABEL: "<v, J u> by dual tensors", FORWARD_OVER_REVERSE_LABEL: "<H w by dual tensors, u>"}.get(
+        mode, "<x.grad, u>")
     return Row(inputs=(), where=f"{side} along random direction {k}", autograd=g, expected=e, upstream=None,
                abs_error=abs(g - e), rel_error=abs(g - e) / abs(e) if e else (0.0 if g == e else math.inf),
                ulp_error=math.nan, allowed=float(allowed), failed=failed)

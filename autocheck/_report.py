@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ._autograd import Fault
-from ._compare import FORWARD_LABEL, Row
+from ._compare import FORWARD_LABEL, MODE_LABELS, Row
 from ._judge import LOCATED
 from ._trace import function_name
 
@@ -430,8 +430,9 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 
 def _where(row: Row) -> str:
-    """``d/dx[2, 7]``, and ``d/dx[2, 7], forward mode`` for forward mode's derivative."""
-    mode = FORWARD_LABEL if row.where.endswith(FORWARD_LABEL) else ""
+    """``d/dx[2, 7]``, and ``d/dx[2, 7], forward mode`` for forward mode's derivative (the mode
+    after the index)."""
+    mode = next((m for m in MODE_LABELS if row.where.endswith(m)), "")
     base = row.where.removesuffix(mode)
     return base + (f"[{', '.join(map(str, row.index))}]" if row.index else "") + mode
 
