@@ -23,7 +23,7 @@ from ._errors import NondeterministicFunction
 
 #: The ways torch computes a derivative that a check can judge (JAX's words): reverse mode
 #: (backward, x.grad) and forward mode (dual tensors, the JVP).
-REVERSE, FORWARD = "rev", "fwd"
+REVERSE, FORWARD, VMAP = "rev", "fwd", "vmap"
 
 #: Upstream gradients are drawn for this many elements and tiled over larger outputs:
 #: drawing costs about as much as a backward, and a period this long cannot line up with
@@ -107,6 +107,28 @@ def vjp(
         if connected:
             torch.autograd.backward([g for g, _ in connected], [w.expand(g.shape) for g, w in connected])
     return out.detach(), [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+
+
+def batched_vjp(f: Callable[..., Any], values: Sequence[torch.Tensor], vs: torch.Tensor,
+                name: str = "f") -> list[torch.Tensor]:
+    """Batched gradients, as gradcheck's ``check_batched_grad`` asks for them: one
+    ``torch.func.vjp`` of ``f``, its pullback vmapped over a batch of upstream gradients ``vs``
+    (``[B, *out.shape]``). Returns per input ``[B, *shape]``, zeros where it has no gradient."""
+    from torch.func import vjp as func_vjp, vmap
+
+    primals = [x.detach().clone() for x in values]
+    try:
+        out, pullback = func_vjp(f, *primals)
+        grads = vmap(pullback)(vs.to(device=out.device, dtype=out.dtype))
+    except (NotImplementedError, RuntimeError) as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TypeError(
+            f"modes includes 'vmap', but torch.func cannot batch the backward of {name} ({text}); a custom "
+            "autograd.Function needs setup_context and vmap support (generate_vmap_rule = True, or a vmap "
+            "staticmethod): see torch's 'Extending torch.func with autograd.Function'; or leave 'vmap' out of modes"
+        ) from None
+    return [g.detach() if g is not None else torch.zeros((vs.shape[0], *x.shape), dtype=x.dtype, device=x.device)
+            for g, x in zip(grads, primals)]
 
 
 def forward_over_reverse(

@@ -21,7 +21,7 @@ import torch
 from ._arguments import (
     check_callable, check_count, check_deadline, check_input, check_order, resolve_device, resolve_dtype,
 )
-from ._autograd import FORWARD, REVERSE, Fault, check_deterministic, cotangent, is_elementwise, structural_faults
+from ._autograd import FORWARD, REVERSE, VMAP, Fault, check_deterministic, cotangent, is_elementwise, structural_faults
 from ._budget import Deadline, interrupt_after
 from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
 from ._errors import DeadlineExceeded, NothingChecked, TraceError
@@ -125,8 +125,9 @@ class Check:
         rows with their element index (for inputs the user gave)."""
         if self.mode == TENSOR:  # forward mode: by directions, whose exact side is forward mode already
             verdict = judge_tensor(self, columns, self.generator(batch)) if REVERSE in self.modes else Verdict()
-            if FORWARD in self.modes:
-                verdict.merge(judge_directional(replace(self, modes=(FORWARD,)), columns, self.generator(batch)))
+            for mode in (FORWARD, VMAP):
+                if mode in self.modes:
+                    verdict.merge(judge_directional(replace(self, modes=(mode,)), columns, self.generator(batch)))
             return verdict
         if self.mode == DIRECTIONAL:
             return judge_directional(self, columns, self.generator(batch))
@@ -208,7 +209,7 @@ def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, devi
     """Check every argument of a check and resolve the defaults."""
     check_callable(f)
     order = check_order(order)
-    modes = check_modes(modes)
+    modes = check_modes(modes, order)
     check_count("examples", examples, "batches of points to draw")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"seed must be an integer, got seed={seed!r}")
@@ -234,13 +235,17 @@ def options(f: Any, given: bool, *, reference: Any, order: Any, dtype: Any, devi
                    strict, seconds, hard, seed is None, search, modes)
 
 
-def check_modes(modes: Any) -> tuple[str, ...]:
-    """``modes=``: a non-empty tuple of "rev" (reverse mode, x.grad) and "fwd" (forward mode, the JVP)."""
+def check_modes(modes: Any, order: int) -> tuple[str, ...]:
+    """``modes=``: a non-empty tuple of "rev" (reverse mode, x.grad), "fwd" (forward mode, the
+    JVP) and "vmap" (batched gradients: torch.func.vjp's pullback vmapped over upstream gradients)."""
     if isinstance(modes, str):
         modes = (modes,)
-    if not isinstance(modes, (tuple, list)) or not modes or any(m not in (REVERSE, FORWARD) for m in modes):
-        raise ValueError(f'modes must hold "rev" (reverse mode: x.grad) and/or "fwd" (forward mode: the JVP), '
-                         f'such as modes=("rev", "fwd"); got modes={modes!r}')
+    if not isinstance(modes, (tuple, list)) or not modes or any(m not in (REVERSE, FORWARD, VMAP) for m in modes):
+        raise ValueError(f'modes must hold "rev" (reverse mode: x.grad), "fwd" (forward mode: the JVP) and/or '
+                         f'"vmap" (batched gradients), such as modes=("rev", "fwd"); got modes={modes!r}')
+    if VMAP in modes and order != 1:
+        raise ValueError(f'modes "vmap" batches first derivatives (torch.func.vjp); order={order} is checked with '
+                         '"rev" and "fwd"')
     return tuple(dict.fromkeys(modes))
 
 

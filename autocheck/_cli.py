@@ -123,8 +123,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     check.add_argument("--seed", type=int, default=None,
                        help="seed for a reproducible check (default: random, printed)")
     check.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    check.add_argument("--modes", default="rev", metavar="rev,fwd",
-                       help="reverse mode (x.grad), forward mode (the JVP) or both, comma-separated (default rev)")
+    check.add_argument("--modes", default="rev", metavar="rev,fwd,vmap",
+                       help="reverse mode (x.grad), forward mode (the JVP), batched gradients (vmap), comma-separated "
+                            "(default rev)")
 
     diff = sub.add_parser(
         "diff", help="print the exact derivative",

@@ -141,7 +141,9 @@ FORWARD_LABEL = ", forward mode"
 #: ... and when it is a higher derivative whose last level forward mode took (``d²/dx², forward
 #: over reverse mode``: dual tensors through the gradient's graph).
 FORWARD_OVER_REVERSE_LABEL = ", forward over reverse mode"
-MODE_LABELS = (FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL)
+#: ... and when it is one of a batch of gradients (torch.func.vjp's pullback under vmap).
+VMAP_LABEL = ", vmap"
+MODE_LABELS = (FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL, VMAP_LABEL)
 
 #: Rows a judgement keeps: the failing ones first, then the largest errors.
 WORST_ROWS = 5

@@ -19,11 +19,13 @@ import sympy
 import torch
 
 from . import _directional, _dual, _oracle, _precise, _printer
-from ._autograd import FORWARD, REVERSE, cotangent, forward_over_reverse, jvp, pointwise, pointwise_jvp, vjp
+from ._autograd import (
+    FORWARD, REVERSE, VMAP, batched_vjp, cotangent, forward_over_reverse, jvp, pointwise, pointwise_jvp, vjp,
+)
 from ._budget import OutOfTime
 from ._compare import (
-    FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL, NOT_FINITE_EXACT, OUT_OF_TIME, Elements, Refinement, Row, Verdict, judge,
-    kink_test, tolerance_for, ulp,
+    FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL, NOT_FINITE_EXACT, OUT_OF_TIME, VMAP_LABEL, Elements, Refinement, Row,
+    Verdict, judge, kink_test, tolerance_for, ulp,
 )
 from ._error_model import PERTURBATION, UNDERFLOW, UNIT, Allowance, autograd_allowance, expand_ops, formula_allowance
 from ._errors import TraceError
@@ -255,6 +257,9 @@ def exact_side(derivatives: Derivatives, strict: bool) -> Exact:
 # A batch of points of a function of scalars
 # --------------------------------------------------------------------------------------
 
+#: Upstream gradients in a batch of the "vmap" mode (torch.func.vjp's pullback under vmap).
+BATCHED = 3
+
 #: Forward over reverse sums the terms of a higher derivative in its own order: the allowance
 #: is at least this many rtol of the terms' summed magnitudes (a sum of a few terms, each a
 #: product of a few rounded factors).
@@ -285,7 +290,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     v64 = v.to(torch.float64).reshape(-1)
     u64 = [[w.to(torch.float64).reshape(-1) for w in level] for level in u] if u is not None else None
 
-    def weight_of(k: int) -> torch.Tensor:
+    def weight_of(k: int, v64: torch.Tensor = v64) -> torch.Tensor:
         """v times the upstream gradients of each level, at the inputs entry ``k`` differentiates by."""
         wrt = d.entries[k].wrt
         return functools.reduce(torch.mul, [u64[level][wrt[level]] for level in range(order - 1)], v64)
@@ -333,20 +338,32 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         )
         return judge(elements, refine, check.rounding_dtype, check.tol)
 
-    def judge_gradients(grads: Sequence[torch.Tensor], mode: str) -> None:
+    def judge_gradients(grads: Sequence[torch.Tensor], mode: str, v64: torch.Tensor = v64) -> None:
         for i in range(n):
             keys = [k for k, entry in enumerate(d.entries) if entry.wrt[-1] == i]
-            weights = [weight_of(k) for k in keys]
+            weights = [weight_of(k, v64) for k in keys]
             label = (label_of(d.symbols, d.entries[keys[0]]) if order == 1 else higher_label(order, d.names[i])) + mode
             if values[i].shape == shape:
                 verdict.merge(judged(keys, weights, grads[i], label, v64 if order == 1 else None, order == 1,
-                                     reordered=bool(mode)))
+                                     reordered=mode == FORWARD_OVER_REVERSE_LABEL))
             else:
                 elements, refine = batch.broadcast(i, grads[i], x64[i], shape, skip, label, keys, weights)
                 verdict.merge(judge(elements, refine, check.rounding_dtype, check.tol))
 
     if REVERSE in check.modes:
         judge_gradients(grads, "")
+    if VMAP in check.modes:
+        # Batched gradients: one pullback, vmapped over BATCHED upstream gradients, each judged
+        vs = torch.stack([cotangent(shape, check.dtype, check.device, generator) for _ in range(BATCHED)])
+        if check.pointwise:
+            flat = [p.expand(shape).reshape(-1) for p in values]
+            per_point = [batched_vjp(check.f, [p[k] for p in flat], vs.reshape(BATCHED, -1)[:, k], check.name)
+                         for k in range(flat[0].numel())]
+            batched = [torch.stack([g[i] for g in per_point], dim=1).reshape(BATCHED, *shape) for i in range(n)]
+        else:
+            batched = batched_vjp(check.f, values, vs, check.name)
+        for b in range(BATCHED):
+            judge_gradients([g[b] for g in batched], VMAP_LABEL, vs[b].to(torch.float64).reshape(-1))
     if FORWARD in check.modes and order > 1:
         # Forward over reverse: the same derivatives, the last level by dual tensors
         def gradients(f, at, order, v, u):
@@ -660,6 +677,17 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
         flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
             torch.zeros(0, dtype=torch.float64)
         verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, lambda rows: rows @ flat, ""))
+    if VMAP in check.modes:  # batched gradients: each of a batch of upstream gradients against its own <v, J u>
+        vs = torch.stack([v, *[cotangent(tuple(out.shape), check.dtype, check.device, generator)
+                               for _ in range(BATCHED - 1)]])
+        batched = batched_vjp(f, [values[i] for i in moving], vs, check.name)
+        for b in range(BATCHED):
+            exact.v = vs[b].to(torch.float64).cpu()
+            flat = torch.cat([g[b].to(torch.float64).reshape(-1).cpu() for g in batched]) if moving else \
+                torch.zeros(0, dtype=torch.float64)
+            verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes,
+                                       lambda rows, flat=flat: rows @ flat, VMAP_LABEL))
+        exact.v = v.to(torch.float64).cpu()
     if FORWARD in check.modes and order == 2:  # forward over reverse: H w with w carried by dual tensors
         w = [[t.to(check.dtype) for t in second]]
         _, grads = forward_over_reverse(f, [values[i] for i in moving], order, v, w, check.name)
@@ -962,8 +990,8 @@ def _bisect(exact: _Directional, u: torch.Tensor, along: Along, total: int,
 def _direction_row(got: torch.Tensor, expected: torch.Tensor, allowed: torch.Tensor, k: int, failed: bool,
                    mode: str = "") -> Row:
     g, e = float(got), float(expected)
-    side = {FORWARD_LABEL: "<v, J u> by dual tensors", FORWARD_OVER_REVERSE_LABEL: "<H w by dual tensors, u>"}.get(
-        mode, "<x.grad, u>")
+    side = {FORWARD_LABEL: "<v, J u> by dual tensors", FORWARD_OVER_REVERSE_LABEL: "<H w by dual tensors, u>",
+            VMAP_LABEL: "<vmapped vjp, u>"}.get(mode, "<x.grad, u>")
     return Row(inputs=(), where=f"{side} along random direction {k}", autograd=g, expected=e, upstream=None,
                abs_error=abs(g - e), rel_error=abs(g - e) / abs(e) if e else (0.0 if g == e else math.inf),
                ulp_error=math.nan, allowed=float(allowed), failed=failed)

@@ -40,7 +40,7 @@ class Report:
         failed_at_least: ``failed`` is a lower bound: a function of large tensors, checked
             along directions, where the wrong elements were counted by blocks (see the notes).
         modes: the ways of computing derivatives that were judged: ``"rev"`` (reverse mode,
-            ``x.grad``) and ``"fwd"`` (forward mode, the JVP).
+            ``x.grad``), ``"fwd"`` (forward mode, the JVP) and ``"vmap"`` (batched gradients).
         reproduce: one line of Python that replays the failure.
         timed_out: the deadline ended the check before every point was judged.
     """
@@ -451,8 +451,8 @@ def format_report(report: Report) -> str:
     """The report as text: headline, counts, worst points, formula, reproduce line."""
     kind = "gradient" if report.order == 1 else f"order-{report.order} derivative"
     total = report.checked
-    modes = {("fwd",): ", forward mode", ("rev", "fwd"): ", reverse and forward mode",
-             ("fwd", "rev"): ", reverse and forward mode"}.get(tuple(report.modes), "")
+    named = [name for mode, name in (("rev", "reverse"), ("fwd", "forward"), ("vmap", "vmap")) if mode in report.modes]
+    modes = "" if tuple(report.modes) == ("rev",) else f", {' and '.join(named)} mode"
     where = f"({report.dtype}, {report.device}{', strict' if report.strict else ''}{modes})"
     lines = []
     if report.ok:

@@ -14,7 +14,7 @@ Options (``--autocheck-x`` on the command line wins over ``autocheck_x`` in the 
     --autocheck-seed=N                seed for every check (default: drawn once per run and shown in the header)
     --autocheck-deadline=SECONDS      deadline of each check
     --autocheck-strict                strict checks
-    --autocheck-modes=rev|fwd         reverse and/or forward mode (repeatable; default rev)
+    --autocheck-modes=rev|fwd|vmap    reverse mode, forward mode, batched gradients (repeatable; default rev)
 
 Use::
 
@@ -53,8 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--autocheck-deadline", type=float, default=None, help="seconds each check may take")
     group.addoption("--autocheck-strict", action="store_true", default=None, help="strict checks (see strict=)")
     group.addoption(
-        "--autocheck-modes", action="append", choices=("rev", "fwd"), default=None,
-        help="modes of every check (repeatable: rev = reverse mode, fwd = forward mode; default: rev)",
+        "--autocheck-modes", action="append", choices=("rev", "fwd", "vmap"), default=None,
+        help="modes of every check (repeatable: rev = reverse mode, fwd = forward mode, vmap = batched gradients; "
+             "default: rev)",
     )
     parser.addini("autocheck_device", "devices for grad_check (cpu, cuda, all)", type="linelist", default=[])
     parser.addini("autocheck_dtype", "dtypes for grad_check", type="linelist", default=[])
@@ -62,7 +63,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("autocheck_seed", "seed for every check", default="")
     parser.addini("autocheck_deadline", "seconds each check may take", default="")
     parser.addini("autocheck_strict", "strict checks", type="bool", default=False)
-    parser.addini("autocheck_modes", "modes of every check (rev, fwd)", type="linelist", default=[])
+    parser.addini("autocheck_modes", "modes of every check (rev, fwd, vmap)", type="linelist", default=[])
 
 
 def _setting(config: pytest.Config, name: str, kind: Callable[[str], Any] = str) -> Any:

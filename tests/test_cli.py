@@ -464,4 +464,4 @@ def test_modes_reach_the_check_and_the_reproduce_line(capsys):
     assert run("check", "x**2*exp(x)", "--modes", "rev,fwd", "--seed", "0", "--examples", "2", "--json") == 0
     assert json.loads(capsys.readouterr().out)["modes"] == ["rev", "fwd"]
     assert run("check", "x*x", "--modes", "sideways") == 2
-    assert 'modes must hold "rev" (reverse mode: x.grad) and/or "fwd"' in capsys.readouterr().err
+    assert 'modes must hold "rev" (reverse mode: x.grad), "fwd" (forward mode: the JVP) and/or "vmap"' in capsys.readouterr().err

@@ -136,7 +136,7 @@ def test_a_wrong_jvp_of_a_tensor_function_is_located():
 @pytest.mark.parametrize(
     ("modes", "order", "message"),
     [
-        (("sideways",), 1, r'modes must hold "rev" \(reverse mode: x\.grad\) and/or "fwd"'),
+        (("sideways",), 1, r'modes must hold "rev" \(reverse mode: x\.grad\), "fwd" \(forward mode: the JVP\) and/or "vmap"'),
         ((), 1, r"modes must hold"),
     ],
 )
@@ -333,3 +333,63 @@ def test_the_numbers_docs_modes_states():
     from autocheck import _arguments, _judge
 
     assert (_judge.REORDERED_UNITS, _arguments.MAX_ORDER) == (4, 6)
+
+
+# Batched gradients: torch.func.vjp's pullback vmapped over upstream gradients
+
+
+class ExpOff(torch.autograd.Function):
+    """exp whose backward is off by one part in a thousand; batchable (setup_context, generated vmap rule)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.exp(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x) * 1.001
+
+
+class OldStyleExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x)
+
+
+def test_batched_gradients_pass_for_scalars_small_and_large_tensors():
+    report = autocheck.check_grad(lambda x: x * x * torch.exp(x), seed=0, examples=2, modes=("rev", "vmap"))
+    assert report.ok and report.modes == ("rev", "vmap") and "(float64, cpu, reverse and vmap mode)" in str(report)
+    assert any(row.where == "d/dx, vmap" for row in report.worst)
+    small = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert autocheck.check_grad(lambda a: a.sin() * a.sum(), small, seed=0, modes=("vmap",)).checked == 3 * 12
+    large = torch.randn(4, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    report = autocheck.check_grad(lambda x: torch.nn.functional.layer_norm(x, (300,)).tanh(), large, seed=0,
+                                  modes=("vmap",))
+    assert report.ok and report.checked == 3 * 1200  # one <vmapped vjp, u> check per upstream gradient
+
+
+def test_a_wrong_backward_is_found_in_batched_gradients():
+    report = autocheck.check_grad(ExpOff.apply, seed=0, examples=2, modes=("vmap",))
+    assert not report.ok and report.worst[0].where == "d/dx, vmap"
+    assert report.worst[0].rel_error == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_a_function_torch_func_cannot_batch_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"modes includes 'vmap', but torch\.func cannot batch the backward of "
+                                        r"OldStyleExp\.apply .*setup_context"):
+        autocheck.check_grad(OldStyleExp.apply, seed=0, modes=("vmap",))
+    with pytest.raises(ValueError, match=r'modes "vmap" batches first derivatives'):
+        autocheck.check_grad(torch.sin, seed=0, modes=("vmap",), order=2)
