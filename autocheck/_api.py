@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import _complex
 from ._check import AUTOMATIC, options, run
 from ._errors import GradientMismatch
 from ._report import Report
@@ -41,12 +42,18 @@ def check_grad(
     mismatch: look at ``report.ok``.
     """
     __tracebackhide__ = True
+    complex_check = _complex.is_complex_check(inputs, dtype)
+    if complex_check:  # as a real function of the real and imaginary parts (see autocheck._complex)
+        f, inputs, dtype = _complex.as_real(f, inputs, dtype)
     drawn = any(isinstance(x, Drawn) for x in inputs)  # tensors the check draws: a search, with its deadline
     settings_ = options(
         f, bool(inputs) and not drawn, reference=reference, order=order, dtype=dtype, device=device, examples=examples, seed=seed,
         rtol=rtol, atol=atol, domain=domain, strict=strict, deadline=deadline, settings=settings, modes=modes,
     )
-    return run(f, inputs, domain, settings_)
+    report = run(f, inputs, domain, settings_)
+    if complex_check:
+        report.dtype = _complex.complex_dtype(report.dtype)
+    return report
 
 
 def assert_grad_matches(

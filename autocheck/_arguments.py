@@ -40,7 +40,8 @@ def resolve_dtype(dtype: Any) -> torch.dtype | None:
     if dtype in FLOATING:
         return dtype
     if isinstance(dtype, torch.dtype) and dtype.is_complex:
-        raise TypeError(f"dtype={dtype} is complex; complex gradients are not supported yet, use a real dtype")
+        raise TypeError(f"dtype={dtype} is complex: complex functions are checked by check_grad and "
+                        "assert_grad_matches (by their real and imaginary parts); here, use a real dtype")
     raise ValueError(
         f"dtype must be one of float64, float32, float16, bfloat16 (a torch.dtype or its name), got dtype={dtype!r}"
     )
@@ -70,8 +71,8 @@ def check_input(value: Any, index: int, name: str) -> torch.Tensor:
         return torch.tensor(float(value), dtype=torch.float64)
     if value.is_complex():
         raise TypeError(
-            f"input {index} ({name}) is a complex tensor ({value.dtype}); complex gradients are not supported yet, "
-            "pass the real and imaginary parts as separate real inputs"
+            f"input {index} ({name}) is a complex tensor ({value.dtype}): complex inputs are checked by check_grad "
+            "and assert_grad_matches (by their real and imaginary parts); here, pass the parts as separate real inputs"
         )
     if not value.dtype.is_floating_point:
         raise TypeError(

@@ -101,6 +101,14 @@ _POOLED = {"max_pool2d_with_indices": 2, "max_pool3d_with_indices": 3, "adaptive
            "adaptive_max_pool3d": 3, "fractional_max_pool2d": 2}
 
 
+_COMPLEX_INSIDE = (
+    "the directional check does not follow complex values ({what}): a function with complex values is "
+    f"checked element by element, at {MAX_SYMBOLIC_ELEMENTS} real input elements or fewer in all (a complex "
+    "input counts twice) where its symbolic Jacobian is built within 5 s, in reverse mode; or where it is "
+    "elementwise, at any size and in every mode. Check it at smaller tensors"
+)
+
+
 class Run(NamedTuple):
     """One forward-mode run: the output, its tangents ``[K, *out.shape]``, their magnitudes
     ``[2K, *out.shape]`` (see :meth:`Tangents.magnitude`), how many operations carried a
@@ -188,6 +196,8 @@ class Tangents(TorchDispatchMode):
         if in_place and base in ("copy", "fill", "zero"):
             self.operations += 1
             return self._in_place(func, base, None, args, kwargs)
+        if base in ("complex", "polar", "view_as_complex"):
+            raise TraceError(_COMPLEX_INSIDE.format(what=f"{func} makes a complex value of the inputs"))
         rule = _rule(func, base)
         if rule is None:
             decomposition = _decomposition(func, base)
@@ -208,6 +218,8 @@ class Tangents(TorchDispatchMode):
         if in_place:
             return self._in_place(func, base, rule, args, kwargs)
         out = func(*args, **kwargs)
+        if any(isinstance(t, torch.Tensor) and t.is_complex() for t in tree_flatten(out)[0]):
+            raise TraceError(_COMPLEX_INSIDE.format(what=f"{func} gives a complex value from the inputs"))
         if self.jitter is not None:
             self._jitter(out, leaves)
         rule(self, func, args, kwargs, out)
@@ -735,6 +747,8 @@ def directional_at(
     """Run ``f`` at ``inputs`` (integer targets included) with tangents for some of them:
     ``seeds`` pairs an input object with its ``[K, *shape]`` tangent. With ``jitter`` (a
     generator), every value computed from the inputs is moved by a few units in the last place."""
+    if getattr(f, "__autocheck_complex__", None) is not None:
+        raise TraceError(_COMPLEX_INSIDE.format(what="f is a function of complex inputs"))
     mode = Tangents(k, jitter)
     for x, d in seeds:
         mode.seed(x, d)

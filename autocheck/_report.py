@@ -333,6 +333,26 @@ def _formula(expr: Any) -> str | None:
     return text if same else None
 
 
+def _complex_inputs(tensors: list[str], complex_at: Sequence[bool], inputs: Sequence[Any] | None,
+                    counterexample: tuple[float, ...] | None, dtype: Any) -> tuple[list[str], str]:
+    """The reproduce line's inputs of a complex function: each pair of parts as one complex tensor."""
+    from ._complex import REAL_DTYPE
+
+    complex_dtype = next((c for c, r in REAL_DTYPE.items() if r == dtype), dtype)
+    out, k = [], 0
+    for is_complex in complex_at:
+        if not is_complex:
+            out.append(tensors[k] if k < len(tensors) else "x")
+            k += 1
+            continue
+        if inputs is None and counterexample is not None:
+            out.append(f"torch.tensor({complex(counterexample[k], counterexample[k + 1])!r}, dtype={complex_dtype})")
+        elif k + 1 < len(tensors):
+            out.append(f"torch.complex({tensors[k]}, {tensors[k + 1]})")
+        k += 2
+    return out, str(complex_dtype)
+
+
 def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[float, ...] | None, reference: Any) -> str:
     """One line that replays the failure. Where the function can be imported (a torch
     function, a module's function, a custom Function's apply) and the inputs are small enough
@@ -343,7 +363,11 @@ def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[f
         tensors = [f"torch.tensor({v!r}, dtype={check.dtype})" for v in counterexample]
     else:
         tensors = []
-    options = [f"dtype={check.dtype}", f"device={str(check.device)!r}", f"seed={check.seed}"]
+    dtype = check.dtype
+    complex_at = getattr(check.f, "__autocheck_complex__", None)  # a complex function, checked by its parts
+    if complex_at is not None:
+        tensors, dtype = _complex_inputs(tensors, complex_at, inputs, counterexample, check.dtype)
+    options = [f"dtype={dtype}", f"device={str(check.device)!r}", f"seed={check.seed}"]
     if check.derivatives.order != 1:
         options.append(f"order={check.derivatives.order}")
     if check.strict:
@@ -363,7 +387,7 @@ def _reproduce(check: Any, inputs: Sequence[Any] | None, counterexample: tuple[f
     module_inputs = getattr(check.f, "__autocheck_module_inputs__", None)  # set by check_module
     if module_inputs is not None:  # its inputs first, then the parameters, which the module holds
         return f"autocheck.assert_module_grads({', '.join(['module', *tensors[:module_inputs], *options])})"
-    found = _importable(check.f)
+    found = _importable(getattr(check.f, "__autocheck_original__", check.f))
     call = f"autocheck.assert_grad_matches({', '.join([found[1] if found else 'f', *tensors, *options])})"
     pasteable = found is not None and not any(t.startswith("<") for t in tensors) and "reference=reference" not in options
     if not pasteable:

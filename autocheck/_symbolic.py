@@ -475,7 +475,9 @@ def check_order(order: Any) -> int:
 def _shape_of(value: Any, index: int) -> tuple[int, ...]:
     if isinstance(value, torch.Tensor):
         if value.is_complex():
-            raise TypeError(f"input {index} is a complex tensor ({value.dtype}); complex inputs are not supported yet")
+            raise TypeError(f"input {index} is a complex tensor ({value.dtype}): derivative() takes real inputs; the "
+                            "exact derivative of a complex function, by its real and imaginary parts, is in "
+                            "check_grad's report (report.formula)")
         return tuple(value.shape)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return ()

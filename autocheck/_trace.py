@@ -32,6 +32,7 @@ import torch
 from sympy.codegen.cfunctions import expm1 as sympy_expm1
 from sympy.codegen.cfunctions import log1p as sympy_log1p
 from torch._decomp import decomposition_table
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ._errors import TraceError
 
@@ -132,8 +133,10 @@ def _constant_array(tensor: torch.Tensor) -> np.ndarray:
     shortest repr moves them by up to half an ULP *of their dtype*, far more than float64
     resolves, so they are read exactly (:func:`exact_binary`).
     """
-    if tensor.is_complex():
-        raise TraceError(f"complex tensors are not supported yet (got a constant of dtype {tensor.dtype})")
+    if tensor.is_complex():  # real and imaginary parts, each as a real constant of the part's dtype
+        parts = torch.view_as_real(tensor.detach().resolve_conj().resolve_neg())
+        real, imag = _constant_array(parts[..., 0]), _constant_array(parts[..., 1])
+        return np.asarray(real + sympy.I * imag, dtype=object).reshape(tuple(tensor.shape))
     values = tensor.detach().cpu()
     convert = exact_number
     if values.dtype in _NARROW_FLOATS:
@@ -276,7 +279,7 @@ def _sym_of(value: Any) -> Any:
     if isinstance(value, (bool, int, float, np.number)):
         return exact_number(value)
     if isinstance(value, complex):
-        raise TraceError(f"complex numbers are not supported yet (got {value!r})")
+        return exact_number(value.real) + sympy.I * exact_number(value.imag)
     return value
 
 
@@ -952,10 +955,43 @@ def _detach(x):
 def _dtype_cast(x, *args, dtype=None, **_):
     arr = _to_array(x)
     if dtype is not None and (dtype.is_floating_point or dtype.is_complex) and arr.size:
-        if dtype.is_complex:
-            raise TraceError(f"complex tensors are not supported yet (a cast to {dtype})")
-        return np.frompyfunc(_as_number, 1, 1)(arr) if arr.ndim else _scalar_array(_as_number(arr.item()))
+        # to a real dtype torch keeps the real part (and warns); to a complex one, the value
+        keep = _as_number if dtype.is_complex else (lambda e: sympy.re(_as_number(e)))
+        return np.frompyfunc(keep, 1, 1)(arr) if arr.ndim else _scalar_array(keep(arr.item()))
     return arr.copy()
+
+
+# Complex values: SymPy expressions with I, in the tracer's real symbols (a complex input is
+# traced as its real and imaginary parts).
+
+
+def _view_as_real(z):
+    arr = _to_array(z)
+    return np.stack([np.frompyfunc(sympy.re, 1, 1)(arr), np.frompyfunc(sympy.im, 1, 1)(arr)], axis=-1) \
+        if arr.ndim else np.array([sympy.re(arr.item()), sympy.im(arr.item())], dtype=object)
+
+
+def _view_as_complex(x):
+    arr = _to_array(x)
+    return np.asarray(arr[..., 0] + sympy.I * arr[..., 1], dtype=object)
+
+
+_COMPLEX_RULES: dict[str, Callable[..., Any]] = {
+    "complex": _elementwise(lambda re, im: re + sympy.I * im, 2),
+    "polar": _elementwise(lambda r, theta: r * sympy.exp(sympy.I * theta), 2),
+    "view_as_real": _view_as_real,
+    "view_as_complex": _view_as_complex,
+    "real": _elementwise(sympy.re, 1),
+    "imag": _elementwise(sympy.im, 1),
+    "_conj": _elementwise(sympy.conjugate, 1),
+    "conj": _elementwise(sympy.conjugate, 1),
+    "conj_physical": _elementwise(sympy.conjugate, 1),
+    "_conj_physical": _elementwise(sympy.conjugate, 1),
+    "resolve_conj": lambda x: _to_array(x).copy(),
+    "resolve_neg": lambda x: _to_array(x).copy(),
+    "_neg_view": _elementwise(operator.neg, 1),
+    "angle": _elementwise(lambda z: sympy.atan2(sympy.im(z), sympy.re(z)), 1),
+}
 
 
 _SPECIAL_RULES: dict[str, Callable[..., Any]] = {
@@ -1053,6 +1089,7 @@ _BUILTIN_RULES: dict[str, Callable[..., Any]] = {
     **{name: _elementwise(_num(fn) if name not in _COMPARISONS else fn, 1) for name, fn in UNARY.items()},
     **{name: _elementwise(_num(fn), 2) for name, fn in BINARY.items()},
     **_SPECIAL_RULES,
+    **_COMPLEX_RULES,
 }
 
 #: Rules by ATen operator name ("exp", "add") or full overload name ("add.Tensor").
@@ -1221,6 +1258,7 @@ def _run_operator(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any
     if rule is None:
         return _decompose(func, args, kwargs)
     dtype = _floating_dtype(args)
+    complex_dtypes = _complex_result_dtypes(func, args, kwargs)
     structural = _structural_arguments(func)
     # A view must alias its base's elements, detached or not: _stop_gradients marks it instead.
     raw = func.is_view
@@ -1233,7 +1271,8 @@ def _run_operator(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any
     if "dtype" in kwargs and base in ("_to_copy", "to"):
         sym_kwargs["dtype"] = kwargs["dtype"]
     plain_name = base.rpartition("::")[2]
-    if _MARK.get() and (plain_name in MARKED_OPS or f"{plain_name}.{overload}" in MARKED_OPS):
+    # Complex operations stay plain SymPy (the real and imaginary parts are read off them)
+    if _MARK.get() and complex_dtypes is None and (plain_name in MARKED_OPS or f"{plain_name}.{overload}" in MARKED_OPS):
         result = _marked(plain_name, rule, sym_args, sym_kwargs)
     else:
         result = rule(*sym_args, **sym_kwargs)
@@ -1241,13 +1280,47 @@ def _run_operator(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any
         return _reshape_in_place(func, args, kwargs, result)
     if in_place:
         return _write_into(args[0], result, name)
-    out = _wrap(result, dtype)
+    out = _wrap(result, dtype) if complex_dtypes is None else _wrap_as(result, complex_dtypes)
     if base in ("_to_copy", "to") and kwargs.get("dtype") is not None and isinstance(out, SymbolicTensor):
         out = SymbolicTensor(out.sym, kwargs["dtype"])
         casts = _CASTS.get()
         if casts is not None and kwargs["dtype"].is_floating_point:
             casts.append(kwargs["dtype"])
     return out
+
+
+_MAKES_COMPLEX = {"aten::complex", "aten::polar", "aten::view_as_complex"}
+
+
+def _complex_result_dtypes(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Any:
+    """Where a complex tensor takes part: the dtypes torch gives the results (abs and angle of
+    complex values are real, a product of real and complex is complex), from running the
+    operator on meta tensors; None where no complex tensor takes part."""
+    flat = tree_flatten((args, kwargs))[0]
+    leaves = [a for a in flat if isinstance(a, torch.Tensor)]
+    if not any(a.is_complex() for a in leaves) and func.name() not in _MAKES_COMPLEX \
+            and not any(isinstance(a, complex) for a in flat):
+        return None
+
+    def meta(a: Any) -> Any:
+        return torch.empty(a.shape, dtype=a.dtype, device="meta") if isinstance(a, torch.Tensor) else a
+
+    try:
+        out = func(*tree_map(meta, args), **tree_map(meta, kwargs))
+    except NotImplementedError:  # no meta kernel: the complex dtype taking part
+        return next((a.dtype for a in leaves if a.is_complex()), torch.complex128)
+    except RuntimeError as error:  # torch refuses the operation itself (a float64 @ complex128 product)
+        raise TraceError(f"{func} fails in torch on these dtypes: {str(error).splitlines()[0]}") from None
+    return tree_map(lambda o: o.dtype if isinstance(o, torch.Tensor) else None, out)
+
+
+def _wrap_as(result: Any, dtypes: Any) -> Any:
+    """:func:`_wrap` with the result dtypes given (one, or one per result)."""
+    if isinstance(dtypes, torch.dtype):
+        return _wrap(result, dtypes)
+    if isinstance(result, (list, tuple)) and isinstance(dtypes, (list, tuple)):
+        return type(result)(_wrap_as(r, d) if d is not None else r for r, d in zip(result, dtypes))
+    return _wrap(result, dtypes if isinstance(dtypes, torch.dtype) else torch.get_default_dtype())
 
 
 def _sym_of_argument(value: Any, raw: bool = False) -> Any:
@@ -1884,6 +1957,12 @@ def _run_traced(f, tensors, mark: bool = False) -> Trace:
         output = _scalar_array(exact_number(out))
     else:
         raise TraceError(f"{_describe(f)} returned {type(out).__name__}, not a tensor")
+    if isinstance(out, torch.Tensor) and out.is_complex():
+        raise TraceError(
+            f"{_describe(f)} returns complex values ({out.dtype}) of real inputs: torch differentiates a complex "
+            "output through a real loss of it. Pass the inputs as complex tensors (x.to(torch.complex128)) to "
+            "check_grad, which then checks it by real and imaginary parts, or return a real value (.abs(), .real)"
+        )
     output = np.frompyfunc(_as_number, 1, 1)(output) if output.ndim else _scalar_array(_as_number(output.item()))
     output = np.asarray(output, dtype=object)
     narrowest = max(casts, key=lambda d: torch.finfo(d).eps, default=None)

@@ -138,7 +138,6 @@ LEFT_OUT: dict[str, LeftOut] = {
         autocheck.TraceError,
         "aten::rrelu_with_noise",
     ),
-    "angle": LeftOut(NO_RULE, "`aten::angle`", autocheck.TraceError, "aten::angle"),
     "frexp": LeftOut(NO_RULE, "`prims::frexp` (and an integer exponent output)", autocheck.TraceError, "prims::frexp"),
 }
 
