@@ -204,6 +204,24 @@ def jvp(f: Callable[..., Any], values: Sequence[torch.Tensor], tangents: Sequenc
         return primal.detach(), tangent.detach()
 
 
+def func_jvp(f: Callable[..., Any], values: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor]
+             ) -> torch.Tensor | None:
+    """The JVP by ``torch.func.jvp`` (functorch's forward mode), or None where torch.func cannot
+    run ``f`` (a custom autograd.Function without setup_context): forward mode is then judged
+    from ``torch.autograd.forward_ad`` alone."""
+    from torch.func import jvp as jvp_of
+
+    primals = tuple(x.detach().clone() for x in values)
+    directions = tuple(t.to(device=x.device, dtype=x.dtype).expand(x.shape) for x, t in zip(primals, tangents))
+    try:
+        _, tangent = jvp_of(f, primals, directions)
+    except (NotImplementedError, RuntimeError) as error:
+        if "setup_context" in str(error) or "functorch" in str(error):
+            return None
+        raise
+    return tangent.detach()
+
+
 def pointwise_jvp(f: Callable[..., Any], values: Sequence[torch.Tensor], shape: Sequence[int],
                   tangents: Sequence[torch.Tensor], name: str = "f") -> torch.Tensor:
     """:func:`jvp` one point at a time, for a function of scalars that is not elementwise over a batch."""

@@ -143,7 +143,9 @@ FORWARD_LABEL = ", forward mode"
 FORWARD_OVER_REVERSE_LABEL = ", forward over reverse mode"
 #: ... and when it is one of a batch of gradients (torch.func.vjp's pullback under vmap).
 VMAP_LABEL = ", vmap"
-MODE_LABELS = (FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL, VMAP_LABEL)
+#: ... and when it is torch.func.jvp's, forward mode's other entry point.
+FUNC_JVP_LABEL = ", torch.func.jvp"
+MODE_LABELS = (FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL, VMAP_LABEL, FUNC_JVP_LABEL)
 
 #: Rows a judgement keeps: the failing ones first, then the largest errors.
 WORST_ROWS = 5

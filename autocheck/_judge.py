@@ -20,12 +20,12 @@ import torch
 
 from . import _directional, _dual, _oracle, _precise, _printer
 from ._autograd import (
-    FORWARD, REVERSE, VMAP, batched_vjp, cotangent, forward_over_reverse, jvp, pointwise, pointwise_jvp, vjp,
+    FORWARD, REVERSE, VMAP, batched_vjp, cotangent, forward_over_reverse, func_jvp, jvp, pointwise, pointwise_jvp, vjp,
 )
 from ._budget import OutOfTime
 from ._compare import (
-    FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL, NOT_FINITE_EXACT, OUT_OF_TIME, VMAP_LABEL, Elements, Refinement, Row,
-    Verdict, judge, kink_test, tolerance_for, ulp,
+    FORWARD_LABEL, FORWARD_OVER_REVERSE_LABEL, FUNC_JVP_LABEL, NOT_FINITE_EXACT, OUT_OF_TIME, VMAP_LABEL, Elements,
+    Refinement, Row, Verdict, judge, kink_test, tolerance_for, ulp,
 )
 from ._error_model import PERTURBATION, UNDERFLOW, UNIT, Allowance, autograd_allowance, expand_ops, formula_allowance
 from ._errors import TraceError
@@ -384,8 +384,12 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         t64 = [t.to(torch.float64).reshape(-1) for t in tangents]
         keys = list(range(len(d.entries)))
         weights = [t64[d.entries[k].wrt[-1]] for k in keys]
-        label = (label_of(d.symbols, d.entries[0]) if n == 1 else "jvp") + FORWARD_LABEL
-        verdict.merge(judged(keys, weights, along, label, t64[0] if n == 1 else None, n == 1))
+        label = label_of(d.symbols, d.entries[0]) if n == 1 else "jvp"
+        verdict.merge(judged(keys, weights, along, label + FORWARD_LABEL, t64[0] if n == 1 else None, n == 1))
+        # The same JVP by torch.func.jvp, where torch.func can run f (batched over the points)
+        along = None if check.pointwise else func_jvp(check.f, [x.expand(shape) for x in values], tangents)
+        if along is not None:
+            verdict.merge(judged(keys, weights, along, label + FUNC_JVP_LABEL, t64[0] if n == 1 else None, n == 1))
     return verdict
 
 

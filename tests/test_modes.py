@@ -393,3 +393,37 @@ def test_a_function_torch_func_cannot_batch_is_a_clear_error():
         autocheck.check_grad(OldStyleExp.apply, seed=0, modes=("vmap",))
     with pytest.raises(ValueError, match=r'modes "vmap" batches first derivatives'):
         autocheck.check_grad(torch.sin, seed=0, modes=("vmap",), order=2)
+
+
+class ExpWrongJvp(torch.autograd.Function):
+    """exp whose jvp is off by one part in a thousand; written for torch.func (setup_context)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.exp(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_forward(inputs[0])
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x)
+
+    @staticmethod
+    def jvp(ctx, t):
+        (x,) = ctx.saved_tensors
+        return t * torch.exp(x) * 1.001
+
+
+def test_forward_mode_is_judged_by_dual_tensors_and_by_torch_func_jvp():
+    report = autocheck.check_grad(lambda x: x * x * torch.exp(x), seed=0, examples=2, modes=("fwd",))
+    assert report.ok and {"d/dx, forward mode", "d/dx, torch.func.jvp"} <= {row.where for row in report.worst}
+    report = autocheck.check_grad(ExpWrongJvp.apply, seed=0, examples=2, modes=("fwd",))
+    assert not report.ok and {row.where for row in report.worst if row.failed} == {"d/dx, forward mode",
+                                                                                   "d/dx, torch.func.jvp"}
+    assert autocheck.check_grad(ExpWrongJvp.apply, seed=0, examples=2).ok  # its backward is right
