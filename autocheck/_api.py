@@ -95,7 +95,9 @@ def assert_grad_matches(
             ``create_graph=True``), which catches a backward that is not itself differentiable;
             3 to 6 take the gradients through their graph again, once per order (functions
             of scalars, and of tensors of up to 100 elements).
-        dtype: float64, float32, float16 or bfloat16. Default: the inputs' dtype, or float64.
+        dtype: float64, float32, float16 or bfloat16; complex128 or complex64 for a function
+            of complex inputs (checked by real and imaginary parts, with torch's convention
+            for ``z.grad``: see the complex numbers page). Default: the inputs' dtype, or float64.
         device: "cpu", "cuda" or a torch.device. Default: the inputs' device, or CPU.
         examples: batches of points when inputs are drawn (default 25: the special values,
             then batches of 4096 points).
@@ -125,8 +127,10 @@ def assert_grad_matches(
             ``derandomize`` and ``verbosity`` (see the Hypothesis page of the docs).
             Default: the loaded Hypothesis profile, where one other than the default is.
         modes: which of torch's ways to compute a derivative are judged: ``"rev"``
-            (reverse mode: ``x.grad`` after backward) and ``"fwd"`` (forward mode: the JVP of
-            dual tensors, with random tangents). Default ``("rev",)``; ``("rev", "fwd")`` both.
+            (reverse mode: ``x.grad`` after backward), ``"fwd"`` (forward mode: the JVP of
+            dual tensors and of ``torch.func.jvp``, with random tangents; at order 2 or more,
+            forward over reverse) and ``"vmap"`` (batched gradients: ``torch.func.vjp``'s
+            pullback vmapped over several upstream gradients). Default ``("rev",)``.
 
     Returns:
         The :class:`Report` (``report.ok`` is True).
