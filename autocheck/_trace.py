@@ -1376,7 +1376,9 @@ def _write_into(target: Any, result: Any, op: str = "copy_") -> Any:
     if not target.sym.flags.writeable:  # a broadcast view (expand): one element stands for many
         raise TraceError(
             f"an in-place operation ({op}) writes into a broadcast view (a tensor made by expand), which the "
-            "symbolic tracer cannot follow; write it with a copy first (x.expand(...).clone())"
+            "symbolic tracer cannot follow; write it with a copy first (x.expand(...).clone()). torch.func.hessian "
+            "(jacfwd over jacrev) does this inside: check the function it transforms with order=2 (and "
+            "modes=('rev', 'fwd') for forward over reverse, as hessian computes it) instead"
         )
     target.sym[...] = values
     return target

@@ -427,3 +427,12 @@ def test_forward_mode_is_judged_by_dual_tensors_and_by_torch_func_jvp():
     assert not report.ok and {row.where for row in report.worst if row.failed} == {"d/dx, forward mode",
                                                                                    "d/dx, torch.func.jvp"}
     assert autocheck.check_grad(ExpWrongJvp.apply, seed=0, examples=2).ok  # its backward is right
+
+
+def test_hessian_of_a_small_tensor_is_refused_with_what_to_check_instead():
+    from torch.func import hessian
+
+    x = torch.randn(3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(autocheck.TraceError, match=r"torch\.func\.hessian \(jacfwd over jacrev\) does this inside: "
+                                                   r"check the function it transforms with order=2"):
+        autocheck.check_grad(lambda a: hessian(lambda t: (t * torch.exp(t)).sum())(a).sum(), x, seed=0)
