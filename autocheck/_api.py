@@ -44,6 +44,8 @@ def check_grad(
     __tracebackhide__ = True
     complex_check = _complex.is_complex_check(inputs, dtype)
     if complex_check:  # as a real function of the real and imaginary parts (see autocheck._complex)
+        if callable(reference):  # the mathematics, given the same way
+            reference = _complex.as_real(reference, inputs, dtype)[0]
         f, inputs, dtype = _complex.as_real(f, inputs, dtype)
     drawn = any(isinstance(x, Drawn) for x in inputs)  # tensors the check draws: a search, with its deadline
     settings_ = options(

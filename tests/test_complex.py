@@ -80,3 +80,19 @@ def test_the_callers_complex_tensor_is_left_alone():
 def test_complex_values_in_a_large_function_are_a_clear_error():
     with pytest.raises(autocheck.TraceError, match=r"the directional check does not follow complex values"):
         autocheck.check_grad(lambda x: (torch.polar(x, x).exp() * x.sum()).abs(), torch.rand(300, dtype=torch.float64), seed=0)
+
+
+def test_a_reference_function_of_complex_inputs_gives_the_mathematics():
+    class Opaque(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            return torch.from_numpy(z.detach().numpy() ** 2)  # leaves torch: not traceable
+
+        @staticmethod
+        def backward(ctx, g):
+            (z,) = ctx.saved_tensors
+            return g * (2 * z).conj()
+
+    report = autocheck.assert_grad_matches(Opaque.apply, crandn(4), seed=0, reference=lambda z: z * z)
+    assert report.checked == 8
