@@ -96,3 +96,8 @@ def test_a_reference_function_of_complex_inputs_gives_the_mathematics():
 
     report = autocheck.assert_grad_matches(Opaque.apply, crandn(4), seed=0, reference=lambda z: z * z)
     assert report.checked == 8
+
+
+def test_second_derivatives_of_a_complex_function_in_both_modes():
+    report = autocheck.assert_grad_matches(lambda z: z * torch.exp(z), crandn(4), seed=0, order=2, modes=("rev", "fwd"))
+    assert report.order == 2 and report.checked >= 16
