@@ -174,6 +174,8 @@ class Verdict:
     blocks: int = 0
     wrong_blocks: int = 0
     block_size: int = 1
+    # Directional checks: judgements whose exact side needed the arbitrary-precision tier
+    precise: int = 0
 
     def skip(self, reason: str, count: int) -> None:
         if count:
@@ -194,6 +196,7 @@ class Verdict:
         self.blocks += other.blocks
         self.wrong_blocks += other.wrong_blocks
         self.block_size = max(self.block_size, other.block_size)
+        self.precise += other.precise
 
 
 def _rank(row: Row) -> tuple[bool, float]:

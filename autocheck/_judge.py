@@ -735,6 +735,7 @@ def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: t
         allowed = check.tol.atol + slack
         wrong = ~((got - expected).abs() <= allowed)
     verdict.checked = total
+    verdict.precise = int(exact.precise)
     relative = ((got - expected).abs() / expected.abs()).nan_to_num(nan=0.0, posinf=math.inf)
     verdict.max_rel = float(relative.max())
     worst = int(torch.argmax(relative))
@@ -840,6 +841,7 @@ class _Directional:
         # Before a mismatch is reported: how far rounding in f's own values (x - mean(x) for
         # x near 1e6 loses digits) moves the exact side, measured by jittered runs
         self.jitter = False
+        self.precise = False  # some exact value came from the arbitrary-precision tier
 
     def settled(self, directions: Sequence[torch.Tensor],
                 run: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -861,7 +863,7 @@ class _Directional:
                 return expected, slack
             expected, slack = expected.clone(), slack.clone()
             expected[rows], slack[rows] = found, self.scale * size
-
+            self.precise = True
         return expected, slack
 
     def _precise(self, directions: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

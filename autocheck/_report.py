@@ -223,6 +223,11 @@ def build_report(
             "The rows are the elements located by bisection from a failing direction (the worst, up to "
             f"{LOCATED} of them){spread}" + (": the count of mismatched elements is a lower bound" if at_least else "")
         )
+    if verdict.precise:
+        notes.append(
+            "Exact values in arbitrary precision: float64 forward mode overflowed on the way to a finite "
+            "derivative along some directions, which were then computed in ball arithmetic (arb)"
+        )
     if timed_out:
         notes.append(
             "Stopped at the deadline: the counts above are what was checked in time; pass deadline= "

@@ -618,6 +618,9 @@ class QuarterSqrt(torch.autograd.Function):
 def test_a_derivative_float64_forward_mode_overflows_on_is_judged_in_arbitrary_precision():
     report = autocheck.assert_grad_matches(scaled_sqrt_times_sum, SUBNORMAL_HALF, seed=0)
     assert report.checked == 200
+    assert "Exact values in arbitrary precision: float64 forward mode overflowed" in str(report)
+    assert not any("arbitrary precision" in note for note in autocheck.check_grad(
+        scaled_sqrt_times_sum, torch.rand(200, dtype=F64), seed=0).notes)
     from autocheck import _judge
 
     # Without the arbitrary-precision tier nothing could be judged here
