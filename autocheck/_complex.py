@@ -49,14 +49,11 @@ def as_real(f: Callable[..., Any], inputs: Sequence[Any], dtype: Any
 
     Without inputs every parameter of ``f`` is complex; with inputs, the complex ones.
     """
+    real_dtype = dtype  # a real or a bad dtype goes on as it is (the usual argument check names a bad one)
     if isinstance(dtype, torch.dtype) and dtype.is_complex:
         if dtype not in REAL_DTYPE:
             raise TypeError(f"dtype={dtype} has no real dtype autocheck checks; use torch.complex128 or torch.complex64")
-        real_dtype: torch.dtype | None = REAL_DTYPE[dtype]
-    elif dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        real_dtype = dtype  # a bad dtype: the usual argument check names it
-    else:
-        real_dtype = dtype
+        real_dtype = REAL_DTYPE[dtype]
     declared = parameter_names(f) or ("z",)
     if inputs:
         complex_at = [isinstance(x, torch.Tensor) and x.is_complex() for x in inputs]

@@ -747,8 +747,6 @@ def directional_at(
     """Run ``f`` at ``inputs`` (integer targets included) with tangents for some of them:
     ``seeds`` pairs an input object with its ``[K, *shape]`` tangent. With ``jitter`` (a
     generator), every value computed from the inputs is moved by a few units in the last place."""
-    if getattr(f, "__autocheck_complex__", None) is not None:
-        raise TraceError(_COMPLEX_INSIDE.format(what="f is a function of complex inputs"))
     mode = Tangents(k, jitter)
     for x, d in seeds:
         mode.seed(x, d)

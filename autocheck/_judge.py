@@ -678,8 +678,7 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
     if REVERSE in check.modes:
         w = [[t.to(check.dtype) for t in second]] if second is not None else None
         _, grads = vjp(f, [values[i] for i in moving], order, v, w)
-        flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
-            torch.zeros(0, dtype=torch.float64)
+        flat = _concatenated(grads)
         verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, lambda rows: rows @ flat, ""))
     if VMAP in check.modes:  # batched gradients: each of a batch of upstream gradients against its own <v, J u>
         vs = torch.stack([v, *[cotangent(tuple(out.shape), check.dtype, check.device, generator)
@@ -687,16 +686,14 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
         batched = batched_vjp(f, [values[i] for i in moving], vs, check.name)
         for b in range(BATCHED):
             exact.v = vs[b].to(torch.float64).cpu()
-            flat = torch.cat([g[b].to(torch.float64).reshape(-1).cpu() for g in batched]) if moving else \
-                torch.zeros(0, dtype=torch.float64)
+            flat = _concatenated([g[b] for g in batched])
             verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes,
                                        lambda rows, flat=flat: rows @ flat, VMAP_LABEL))
         exact.v = v.to(torch.float64).cpu()
     if FORWARD in check.modes and order == 2:  # forward over reverse: H w with w carried by dual tensors
         w = [[t.to(check.dtype) for t in second]]
         _, grads = forward_over_reverse(f, [values[i] for i in moving], order, v, w, check.name)
-        flat = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads]) if moving else \
-            torch.zeros(0, dtype=torch.float64)
+        flat = _concatenated(grads)
         verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, lambda rows: rows @ flat,
                                    FORWARD_OVER_REVERSE_LABEL))
     elif FORWARD in check.modes:
@@ -710,6 +707,13 @@ def judge_directional(check: Any, columns: Sequence[torch.Tensor], generator: to
 
         verdict.merge(_judge_along(exact, directions, u, tangents, magnitudes, along, FORWARD_LABEL))
     return verdict
+
+
+def _concatenated(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Gradients of the moving inputs as one float64 vector on the CPU (empty without any)."""
+    if not grads:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads])
 
 
 def _judge_along(exact: "_Directional", directions: Sequence[torch.Tensor], u: torch.Tensor, tangents: torch.Tensor,
@@ -855,13 +859,12 @@ class _Directional:
         lost = ~(torch.isfinite(expected) & torch.isfinite(slack))
         if bool(lost.any()) and self.second is None:
             rows = lost.nonzero().reshape(-1)
+            expected, slack = expected.clone(), slack.clone()
             try:
                 found, size = self._precise([d[rows] for d in directions])
             except _dual.Unavailable:
-                expected, slack = expected.clone(), slack.clone()
                 expected[rows] = math.nan
                 return expected, slack
-            expected, slack = expected.clone(), slack.clone()
             expected[rows], slack[rows] = found, self.scale * size
             self.precise = True
         return expected, slack

@@ -1320,7 +1320,7 @@ def _wrap_as(result: Any, dtypes: Any) -> Any:
         return _wrap(result, dtypes)
     if isinstance(result, (list, tuple)) and isinstance(dtypes, (list, tuple)):
         return type(result)(_wrap_as(r, d) if d is not None else r for r, d in zip(result, dtypes))
-    return _wrap(result, dtypes if isinstance(dtypes, torch.dtype) else torch.get_default_dtype())
+    return _wrap(result, torch.get_default_dtype())
 
 
 def _sym_of_argument(value: Any, raw: bool = False) -> Any:
