@@ -332,7 +332,7 @@ def test_second_derivatives_of_a_layer_forward_over_reverse():
 def test_the_numbers_docs_modes_states():
     from autocheck import _arguments, _judge
 
-    assert (_judge.REORDERED_UNITS, _arguments.MAX_ORDER) == (4, 6)
+    assert (_judge.REORDERED_UNITS, _judge.BATCHED, _arguments.MAX_ORDER) == (4, 3, 6)
 
 
 # Batched gradients: torch.func.vjp's pullback vmapped over upstream gradients
