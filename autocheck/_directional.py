@@ -180,6 +180,12 @@ class Tangents(TorchDispatchMode):
 
     # -- dispatch ---------------------------------------------------------------------------
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch otherwise wraps __torch_dispatch__ to keep torch.compile out of it, importing
+        # torch._dynamo (over a second) on the first operator; the code runs uncompiled here
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
         leaves, _ = tree_flatten((args, kwargs))

@@ -32,6 +32,7 @@ import torch
 from sympy.codegen.cfunctions import expm1 as sympy_expm1
 from sympy.codegen.cfunctions import log1p as sympy_log1p
 from torch._decomp import decomposition_table
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ._errors import TraceError
@@ -268,6 +269,27 @@ class SymbolicTensor(torch.Tensor):
             return f"an empty tensor of shape {tuple(self.sym.shape)}"
         text = str(self.sym.item() if self.sym.ndim == 0 else self.sym.reshape(-1)[0])
         return text if len(text) < 60 else text[:57] + "..."
+
+
+class _Routing(TorchDispatchMode):
+    """While a trace runs: sends every operator on a symbolic tensor to the rules.
+
+    The subclass's own ``__torch_dispatch__`` would do the same, but before calling it torch
+    asks whether the argument is a DTensor and imports ``torch.distributed.tensor`` to know
+    (a quarter of a second on the first operator of a process). A mode is asked first and
+    answers every operator itself, so that question never comes.
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch otherwise wraps __torch_dispatch__ to keep torch.compile out of it, importing
+        # torch._dynamo (over a second) on the first operator; a trace never compiles
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        if any(isinstance(a, SymbolicTensor) for a in tree_flatten((args, kwargs))[0]):
+            return SymbolicTensor.__torch_dispatch__(func, types, args, kwargs)
+        return func(*args, **(kwargs or {}))
 
 
 def _sym_of(value: Any) -> Any:
@@ -1936,7 +1958,7 @@ def _trace_with(f, names, shapes, dtype, mark: bool = False) -> Trace:
 
 
 def _run_traced(f, tensors, mark: bool = False) -> Trace:
-    with _tracing(mark):
+    with _tracing(mark), _Routing():
         casts = _CASTS.get()
         try:
             out = f(*tensors)
