@@ -74,6 +74,21 @@ def _output(f: Callable[..., Any], leaves: Sequence[torch.Tensor]) -> torch.Tens
     return out
 
 
+class _Upstream(torch.autograd.Function):
+    """``out``'s backward from a scalar root, with upstream gradient ``v``: ``out.backward(v)``
+    computes the same, but torch validates ``v`` there with its symbolic-shape machinery,
+    whose import costs a process's first check 0.15 s."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        ctx.v = v
+        return out.new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, _: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.v, None
+
+
 def vjp(
     f: Callable[..., Any],
     values: Sequence[torch.Tensor],
@@ -93,7 +108,7 @@ def vjp(
     out = _output(f, leaves)
     v = v.expand(out.shape) if v.shape != out.shape else v
     if order == 1:
-        out.backward(v)
+        _Upstream.apply(out, v).backward()
     else:
         levels = list(u or ())
         grads = torch.autograd.grad(out, leaves, v, create_graph=True, allow_unused=True)
@@ -347,8 +362,8 @@ def structural_faults(
     # Copied once the forward is over: it may update what it saved itself (batch norm's
     # running statistics in training mode); only what backward changes is a fault.
     saved = [(t, t.detach().clone()) for t in packed]
-    v = v.expand(out.shape) if v.shape != out.shape else v
-    first = torch.autograd.grad(out, leaves, v, retain_graph=True, allow_unused=True)
+    root = _Upstream.apply(out, v.expand(out.shape) if v.shape != out.shape else v)
+    first = torch.autograd.grad(root, leaves, retain_graph=True, allow_unused=True)
     changed = [t for t, copy in saved if t.shape == copy.shape and not _same(t.detach(), copy)]
     if changed:
         shapes = ", ".join(str(tuple(t.shape)) for t in changed[:3])
@@ -357,7 +372,7 @@ def structural_faults(
             f"{len(changed)} saved tensor(s) of shape {shapes} differ after one backward; a second backward "
             "(or the double backward) would read the changed values. Clone before modifying a saved tensor",
         ))
-    second = torch.autograd.grad(out, leaves, v, retain_graph=True, allow_unused=True)
+    second = torch.autograd.grad(root, leaves, retain_graph=True, allow_unused=True)
     for k, (a, b) in enumerate(zip(first, second)):
         if a is None or b is None:
             continue
@@ -385,7 +400,7 @@ def _undefined_gradient_fault(out: torch.Tensor, leaves: Sequence[torch.Tensor])
         return None
     try:
         marked = undefined_grad()(out)
-        grads = torch.autograd.grad(marked, leaves, torch.zeros_like(marked), allow_unused=True)
+        grads = torch.autograd.grad(_Upstream.apply(marked, torch.zeros_like(marked)), leaves, allow_unused=True)
     except Exception as error:  # noqa: BLE001 - whatever the user's backward raises on None
         return Fault(
             "backward fails when its output gradient is undefined",

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import sympy
 import torch
 
@@ -132,7 +133,7 @@ class Check:
         if self.mode == DIRECTIONAL:
             return judge_directional(self, columns, self.generator(batch))
         values = [c.detach().to(device=self.device, dtype=self.dtype) for c in columns]
-        shape = tuple(torch.broadcast_shapes(*[v.shape for v in values]))
+        shape = tuple(np.broadcast_shapes(*[v.shape for v in values]))
         index_shape = shape if indexed and shape else None
         total = math.prod(shape)
         if total <= CHUNK or any(tuple(v.shape) != shape for v in values):
@@ -165,7 +166,7 @@ class Check:
             if self.mode == POINTWISE:
                 values = [v.reshape(()) for v in values]
         tensors = (TENSOR, DIRECTIONAL)
-        out_shape = self.derivatives.output_shape if self.mode in tensors else torch.broadcast_shapes(*[v.shape for v in values])
+        out_shape = self.derivatives.output_shape if self.mode in tensors else np.broadcast_shapes(*[v.shape for v in values])
         v = cotangent(out_shape, self.dtype, self.device, self.generator(-2))
 
         def same(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -471,7 +472,7 @@ def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any)
     if getattr(f, "__autocheck_directional__", False):  # check_module: layers, by directional derivatives
         return DIRECTIONAL
     try:
-        broadcast = tuple(torch.broadcast_shapes(*[v.shape for v in values]))
+        broadcast = tuple(np.broadcast_shapes(*[v.shape for v in values]))
     except RuntimeError:
         broadcast = None
     if broadcast is not None and (isinstance(reference, sympy.Expr) or is_elementwise(f, len(values), values[0].dtype)):
@@ -569,5 +570,5 @@ def _hang_limit(name: str, options: Options) -> Any:
 
 def _prefix(values: Sequence[torch.Tensor], count: int) -> list[torch.Tensor]:
     """The first ``count`` points of broadcastable inputs, as flat tensors."""
-    shape = torch.broadcast_shapes(*[v.shape for v in values])
+    shape = np.broadcast_shapes(*[v.shape for v in values])
     return [v.expand(shape).reshape(-1)[:count] for v in values]

@@ -97,7 +97,7 @@ class Exact:
         interrupted; None where there are none."""
         if self._slow_arguments is None:
             return None
-        shape = torch.broadcast_shapes(*[c.shape for c in columns])
+        shape = np.broadcast_shapes(*[c.shape for c in columns])
         stalls = torch.zeros(shape, dtype=torch.bool)
         for argument in self._slow_arguments(*columns):
             stalls |= (argument < -_printer.POLYGAMMA_STEPS_LIMIT).expand(shape).cpu()
@@ -134,7 +134,7 @@ class Exact:
     def undefined(self, columns: Sequence[torch.Tensor], keys: Sequence[int]) -> torch.Tensor:
         """Per point: whether a local derivative of an entry in ``keys`` is infinite or has
         no value there, so that autograd's chain rule, as it is evaluated, has none."""
-        shape = torch.broadcast_shapes(*[c.shape for c in columns])
+        shape = np.broadcast_shapes(*[c.shape for c in columns])
         partials = [self._local_derivatives[k] for k in keys if self._local_derivatives[k] is not None]
         if not partials or not math.prod(shape):
             return torch.zeros(shape, dtype=torch.bool)
@@ -177,7 +177,7 @@ class Exact:
         (log_ndtr's exp of a lost exponent), not by an underflow and not by a local derivative
         that is itself beyond float64 (atan2's second derivative at 1e-160), which leave the
         slack unknown rather than unbounded. ``atoms``: :meth:`atom_values` at ``columns``."""
-        shape = torch.broadcast_shapes(*[c.shape for c in columns])
+        shape = np.broadcast_shapes(*[c.shape for c in columns])
         known = torch.ones(shape, dtype=torch.bool)
         for a in atoms:
             known &= torch.isfinite(a).expand(shape).cpu()
@@ -272,7 +272,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
     exact = exact_side(check.derivatives, check.strict)
     d = check.derivatives
     n, order = len(d.names), d.order
-    shape = torch.broadcast_shapes(*[v.shape for v in values])
+    shape = np.broadcast_shapes(*[v.shape for v in values])
     v = cotangent(shape, check.dtype, check.device, generator)
     # Order n: n - 1 levels of upstream gradients for the gradients' own backward passes
     u = [[cotangent(shape, check.dtype, check.device, generator) for _ in range(n)] for _ in range(order - 1)] \

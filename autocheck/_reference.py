@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from . import _oracle
@@ -56,7 +57,7 @@ def reference(f: Callable[..., torch.Tensor], *, order: int = 1, accuracy: float
             if "scalar" not in cache:
                 cache["scalar"] = derivatives_of(scalar, order)
             d = cache["scalar"]
-            shape = torch.broadcast_shapes(*[v.shape for v in values])
+            shape = np.broadcast_shapes(*[v.shape for v in values])
             parts = [p.expand(shape) for p in _oracle.evaluate([e.expr for e in d.entries], d.symbols, values,
                                                                 accuracy=accuracy)]
             if order == 1:
