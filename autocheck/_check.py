@@ -473,7 +473,7 @@ def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any)
         return DIRECTIONAL
     try:
         broadcast = tuple(np.broadcast_shapes(*[v.shape for v in values]))
-    except RuntimeError:
+    except ValueError:  # shapes that do not broadcast
         broadcast = None
     if broadcast is not None and (isinstance(reference, sympy.Expr) or is_elementwise(f, len(values), values[0].dtype)):
         if math.prod(broadcast) == 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
+import time
 from decimal import Decimal
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -320,18 +321,26 @@ def search(
         points += len(saved)
         replayed = bool(verdict.failed)
         _say(verbose, f"replayed {len(saved)} saved failing example(s): {'fails' if replayed else 'passes'}")
-    for batch in range(examples):
+    batch = 0
+    started = time.monotonic()
+    while batch < examples:
         if verdict is not None and verdict.failed:
             break
         if batch and deadline.expired():
             timed_out = True
             _say(verbose, f"deadline reached after {batches} batch(es)")
             break
-        columns = draw_batch(torch.Generator().manual_seed(_mix(seed, batch)))
+        # The first batch alone (a bug found there is reported at once), then several at a time,
+        # as many as the time left allows at the pace so far.
+        size = 1 if not batch else _group_size(examples - batch, (time.monotonic() - started) / batch, deadline)
+        drawn = [draw_batch(torch.Generator().manual_seed(_mix(seed, b))) for b in range(batch, batch + size)]
+        columns = [torch.cat(parts) for parts in zip(*drawn)] if size > 1 else drawn[0]
         found = check.judge(columns, batch)
         points += columns[0].numel()
-        batches += 1
-        _say(verbose, f"batch {batch + 1} of {examples}: {columns[0].numel()} points, {found.failed} failing elements")
+        batches += size
+        which = f"batch {batch + 1}" if size == 1 else f"batches {batch + 1}-{batch + size}"
+        _say(verbose, f"{which} of {examples}: {columns[0].numel()} points, {found.failed} failing elements")
+        batch += size
         if verdict is None:
             verdict = found
         else:
@@ -353,6 +362,19 @@ def search(
         if database is not None:
             database.save(database_key, struct.pack(f"<{len(shrunk)}d", *shrunk))
     return result
+
+
+#: Batches judged together after the first: a judgement has a fixed cost (compiled
+#: evaluations, the oracle's tiers on the few points that need them) that several batches
+#: then share. The points, and so the work, are those of the batches one at a time.
+JUDGED_TOGETHER = 4
+
+
+def _group_size(left: int, seconds_per_batch: float, deadline: Any) -> int:
+    """How many of the ``left`` batches to judge next: up to :data:`JUDGED_TOGETHER`, and no
+    more than fit in the time left at ``seconds_per_batch`` (at least one)."""
+    fit = deadline.remaining() / seconds_per_batch if seconds_per_batch > 0 else math.inf
+    return max(1, min(JUDGED_TOGETHER, left, int(fit) if math.isfinite(fit) else left))
 
 
 def _say(verbose: bool, line: str) -> None:

@@ -101,6 +101,21 @@ def test_verbosity_verbose_reports_each_batch(capsys):
     assert "autocheck: batch 1 of 2:" in err and "autocheck: batch 2 of 2:" in err
 
 
+def test_after_the_first_batch_four_are_judged_at_a_time(capsys):
+    autocheck.check_grad(x2exp, seed=0, settings=settings(max_examples=6, deadline=None, verbosity=Verbosity.verbose))
+    err = capsys.readouterr().err
+    assert "autocheck: batch 1 of 6: 4096 points" in err
+    assert "autocheck: batches 2-5 of 6: 16384 points" in err
+    assert "autocheck: batch 6 of 6: 4096 points" in err
+
+
+def test_judging_batches_together_judges_the_same_points(monkeypatch):
+    together = autocheck.check_grad(x2exp, seed=3, examples=9)
+    monkeypatch.setattr(autocheck._search, "JUDGED_TOGETHER", 1)
+    alone = autocheck.check_grad(x2exp, seed=3, examples=9)
+    assert together.checked == alone.checked and together.skipped == alone.skipped
+
+
 def test_the_deadline_is_per_batch():
     tiny = settings(max_examples=10_000, deadline=datetime.timedelta(microseconds=1))
     report = autocheck.check_grad(x2exp, seed=0, settings=tiny)
