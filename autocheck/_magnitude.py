@@ -70,10 +70,11 @@ def _compile(expr: sympy.Expr, symbols: tuple[sympy.Symbol, ...]) -> Callable[[S
 
 
 def _widen(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Outward by the margin; infinite bounds stay, and a bound lost to nan becomes no bound."""
-    low = np.where(np.isinf(low), low, low - (_MARGIN * np.abs(low) + _FLOOR))
-    high = np.where(np.isinf(high), high, high + (_MARGIN * np.abs(high) + _FLOOR))
-    return np.where(np.isnan(low), -_INF, low), np.where(np.isnan(high), _INF, high)
+    """Outward by the margin; infinite bounds stay (scaled, not shifted), and a bound lost to
+    nan becomes no bound (fmax and fmin pass over nan)."""
+    low = np.fmax(low * (1.0 - _MARGIN * np.sign(low)) - _FLOOR, -_INF)
+    high = np.fmin(high * (1.0 + _MARGIN * np.sign(high)) + _FLOOR, _INF)
+    return low, high
 
 
 def _unknown(like: np.ndarray) -> Bounds:
@@ -288,9 +289,9 @@ def _log_of_ndtr(complement: Node) -> Node:
 
 def _add(terms: list[Bounds]) -> Bounds:
     shape = np.broadcast_shapes(*[t[0].shape for t in terms])
-    lows = np.stack([np.broadcast_to(t[0], shape) for t in terms])
-    highs = np.stack([np.broadcast_to(t[1], shape) for t in terms])
-    signs = np.stack([np.broadcast_to(t[2], shape) for t in terms])
+    lows, highs, signs = stacked = np.empty((3, len(terms), *shape))
+    for k, term in enumerate(terms):
+        stacked[0, k], stacked[1, k], stacked[2, k] = term
     spread = math.log2(len(terms))
     known = ~np.isnan(signs).any(0)
     nonzero = signs != 0
@@ -301,14 +302,13 @@ def _add(terms: list[Bounds]) -> Bounds:
     same_sign = np.sign(np.where(nonzero, signs, 0.0).sum(0))
     # Mixed signs: a term whose lower bound exceeds every other term's upper bound by more than
     # log2(n) + 1 decides the sign, and the sum keeps at least half of it.
-    lead = np.argmax(lows, 0)[None]
-    lead_low = np.take_along_axis(lows, lead, 0)[0]
-    positions = np.arange(len(terms)).reshape(-1, *([1] * (lows.ndim - 1)))
-    others_high = np.where(positions == lead, -_INF, highs).max(0)
+    lead_low = lows.max(0)
+    is_lead = np.arange(len(terms)).reshape(-1, *([1] * len(shape))) == np.argmax(lows, 0)
+    others_high = np.where(is_lead, -_INF, highs).max(0)
     dominant = known & (lead_low - others_high > spread + 1)
     low = np.where(same, same_low, np.where(dominant, lead_low - 1.0, -_INF))
     high = top_high + spread
-    sign = np.where(same, same_sign, np.where(dominant, np.take_along_axis(signs, lead, 0)[0], math.nan))
+    sign = np.where(same, same_sign, np.where(dominant, np.where(is_lead, signs, 0.0).sum(0), math.nan))
     low, high = _widen(low, high)
     return low, high, sign
 
