@@ -137,3 +137,13 @@ def test_a_slightly_wrong_i0e_backward_is_still_reported():
     x = torch.linspace(2.0, 60.0, 4001, dtype=F64)
     report = autocheck.check_grad(I0e.apply, x, seed=0)
     assert not report.ok and report.failed > 3000
+
+
+def test_a_first_check_loads_none_of_torchs_heavy_machinery():
+    # torch imports these (0.1-1.5 s each) on first use of a tensor subclass's dispatch, of a
+    # dispatch mode's, and of backward(v); a check gets by without any of them
+    code = ("import sys, torch, autocheck; autocheck.check_grad(lambda x: x * x * torch.exp(x), seed=0); "
+            "print(sorted(m for m in ('torch.distributed.tensor', 'torch._dynamo', "
+            "'torch.fx.experimental.symbolic_shapes') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
