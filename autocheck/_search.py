@@ -305,10 +305,11 @@ def search(
     (points); ``check.fails(columns)`` a per-point mask. Batch ``b`` is drawn by
     ``draw_batch`` from a generator seeded by ``(seed, b)``, so the same seed gives the
     same points and the same work. The first batch is judged alone, later ones up to
-    :data:`JUDGED_TOGETHER` at a time (their points concatenated). With a ``database_key`` (unseeded checks), failing
-    points saved by an earlier run are judged first, and a new counterexample is saved,
-    in the database of ``settings``, or else that of Hypothesis's active profile (where the
-    program uses Hypothesis or keeps ``.hypothesis/``). ``settings.verbose``: a line per judgement.
+    :data:`JUDGED_TOGETHER` at a time (their points concatenated). With a ``database_key``
+    (unseeded checks), failing points saved by an earlier run are judged first, and a new
+    counterexample is saved, in the database of ``settings``, or else that of Hypothesis's
+    active profile (where the program uses Hypothesis or keeps ``.hypothesis/``).
+    ``settings.verbose``: a line per judgement.
     """
     database = None if database_key is None else settings.database if settings is not None else _database()
     verbose = settings is not None and settings.verbose
