@@ -32,14 +32,13 @@ from typing import Any, NamedTuple
 import sympy
 import torch
 from torch._decomp import decomposition_table
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from . import _printer, _trace
 from ._compare import step
 from ._errors import TraceError
 from ._symbolic import diff
-from ._trace import MAX_SYMBOLIC_ELEMENTS, _gradient_stopped, _tracing, trace
+from ._trace import MAX_SYMBOLIC_ELEMENTS, UncompiledMode, _gradient_stopped, _tracing, trace
 
 __all__ = ["Run", "Tangents", "directional_at", "second_order_at"]
 
@@ -130,7 +129,7 @@ def _name(func: torch._ops.OpOverload) -> str:
 JITTER_ULPS = 4
 
 
-class Tangents(TorchDispatchMode):
+class Tangents(UncompiledMode):
     """While active: for every tensor the code computes from the inputs given :meth:`seed`,
     its tangent along ``K`` directions and the magnitude of that tangent's computation."""
 
@@ -179,12 +178,6 @@ class Tangents(TorchDispatchMode):
         return torch.zeros((2 * self.directions, *value.shape), dtype=_F64, device=value.device)
 
     # -- dispatch ---------------------------------------------------------------------------
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # torch otherwise wraps __torch_dispatch__ to keep torch.compile out of it, importing
-        # torch._dynamo (over a second) on the first operator; the code runs uncompiled here
-        return False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}

@@ -283,7 +283,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         forward, grads = vjp(check.f, values, order, v, u)
     x64 = [p.to(torch.float64) for p in values]
     skip, bad_input = _not_finite(forward, x64, shape)
-    del forward  # its memory serves the exact side's evaluation (on a million points: fewer fresh pages)
+    del forward  # not needed past here
     fast, trusted, errors = _oracle.fast(exact.exprs, d.symbols, x64, accuracy=check.accuracy)
     fast = [e.expand(shape).reshape(-1) for e in fast]
     trusted = [t if t.numel() == 1 else t.expand(shape).reshape(-1) for t in trusted]  # 0-d: all or none

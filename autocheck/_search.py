@@ -376,7 +376,7 @@ def _group_size(left: int, seconds_per_batch: float, deadline: Any) -> int:
     """How many of the ``left`` batches to judge next: up to :data:`JUDGED_TOGETHER`, and no
     more than fit in the time left at ``seconds_per_batch`` (at least one)."""
     fit = deadline.remaining() / seconds_per_batch if seconds_per_batch > 0 else math.inf
-    return max(1, min(JUDGED_TOGETHER, left, int(fit) if math.isfinite(fit) else left))
+    return max(1, int(min(JUDGED_TOGETHER, left, fit)))
 
 
 def _say(verbose: bool, line: str) -> None:

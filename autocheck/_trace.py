@@ -271,7 +271,19 @@ class SymbolicTensor(torch.Tensor):
         return text if len(text) < 60 else text[:57] + "..."
 
 
-class _Routing(TorchDispatchMode):
+class UncompiledMode(TorchDispatchMode):
+    """A dispatch mode over code that runs uncompiled (the tracer's, the directional check's).
+
+    torch otherwise wraps a mode's ``__torch_dispatch__`` to keep torch.compile out of it,
+    importing ``torch._dynamo`` (over a second) on the mode's first operator.
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+
+class _Routing(UncompiledMode):
     """While a trace runs: sends every operator on a symbolic tensor to the rules.
 
     The subclass's own ``__torch_dispatch__`` would do the same, but before calling it torch
@@ -279,12 +291,6 @@ class _Routing(TorchDispatchMode):
     (a quarter of a second on the first operator of a process). A mode is asked first and
     answers every operator itself, so that question never comes.
     """
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # torch otherwise wraps __torch_dispatch__ to keep torch.compile out of it, importing
-        # torch._dynamo (over a second) on the first operator; a trace never compiles
-        return False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
         if any(isinstance(a, SymbolicTensor) for a in tree_flatten((args, kwargs))[0]):
