@@ -47,7 +47,9 @@ def cotangent(shape: Sequence[int], dtype: torch.dtype, device: Any, generator: 
     block = (signs * steps / 64.0).to(dtype=dtype, device=device)
     if count <= period:
         return block[:count].reshape(shape)
-    return block.repeat(-(-count // period))[:count].reshape(shape)
+    # Tiled by one copy into the rows of a fresh tensor (Tensor.repeat takes 3x as long)
+    tiled = torch.empty(-(-count // period), period, dtype=dtype, device=device).copy_(block)
+    return tiled.reshape(-1)[:count].reshape(shape)
 
 
 # --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ and judges (:mod:`._compare`); :mod:`._report` turns the verdict into text.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import random
@@ -33,7 +34,7 @@ from ._search import (
     Domain, Drawn, SearchSettings, database_key, derandomized_seed, draw_tensors, infer_domain, parse_domain,
     points_in_domain, search, search_settings, shrink_tensors,
 )
-from ._symbolic import Derivatives, derivatives_for, directional_derivatives, names_of
+from ._symbolic import Derivatives, derivatives_for, directional_derivatives, function_key, names_of
 from ._trace import MAX_SYMBOLIC_ELEMENTS, default_names, function_name
 
 #: Batches per check when inputs are drawn (the first holds the special values).
@@ -475,7 +476,7 @@ def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any)
         broadcast = tuple(np.broadcast_shapes(*[v.shape for v in values]))
     except ValueError:  # shapes that do not broadcast
         broadcast = None
-    if broadcast is not None and (isinstance(reference, sympy.Expr) or is_elementwise(f, len(values), values[0].dtype)):
+    if broadcast is not None and (isinstance(reference, sympy.Expr) or _elementwise(f, len(values), values[0].dtype)):
         if math.prod(broadcast) == 0:
             raise NothingChecked(
                 f"the inputs broadcast to the empty shape {broadcast}: there is no gradient element to check. "
@@ -492,6 +493,24 @@ def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any)
             "to check by directional derivatives of the code itself"
         )
     return TENSOR
+
+
+#: Whether a function is elementwise, kept per function (:func:`function_key`), number of
+#: inputs and dtype: a parametrized test probes its function once.
+_ELEMENTWISE: "collections.OrderedDict[Any, bool]" = collections.OrderedDict()
+ELEMENTWISE_CACHE_SIZE = 256
+
+
+def _elementwise(f: Callable[..., Any], n_inputs: int, dtype: torch.dtype) -> bool:
+    key = function_key(f)
+    if key is None:
+        return is_elementwise(f, n_inputs, dtype)
+    key = (key, n_inputs, dtype)
+    if key not in _ELEMENTWISE:
+        _ELEMENTWISE[key] = is_elementwise(f, n_inputs, dtype)
+        if len(_ELEMENTWISE) > ELEMENTWISE_CACHE_SIZE:
+            _ELEMENTWISE.popitem(last=False)
+    return _ELEMENTWISE[key]
 
 
 def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Report:
@@ -518,7 +537,7 @@ def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Re
     if key is not None and hypothesis is not None and hypothesis.derandomize:
         seed, key = derandomized_seed(key), None
     with _hang_limit(name, options):
-        elementwise = isinstance(options.reference, sympy.Expr) or is_elementwise(f, len(derivatives.names), dtype)
+        elementwise = isinstance(options.reference, sympy.Expr) or _elementwise(f, len(derivatives.names), dtype)
         check = Check(f, name, derivatives, dtype, device, tol, options.strict, ELEMENTWISE if elementwise else POINTWISE,
                       seed, Deadline.after(options.seconds), options.modes)
         probe = check.points(dom, DETERMINISM_POINTS, check.generator(-3))

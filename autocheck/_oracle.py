@@ -324,6 +324,14 @@ def _finite(value: torch.Tensor, probe: torch.Tensor | None) -> torch.Tensor:
     return finite
 
 
+def _in_range(probe: torch.Tensor | None, device: Any) -> torch.Tensor:
+    """Where an overflow probe is finite; 0-d True where it is everywhere, which one sum
+    shows (a sum is finite only where every term is) at a sixth of a mask's cost."""
+    if probe is None or math.isfinite(float(probe.sum())):
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.isfinite(probe)
+
+
 def _float64(values: Sequence[torch.Tensor | float]) -> list[torch.Tensor]:
     return [torch.as_tensor(v).detach().to(torch.float64) for v in values]
 
@@ -351,7 +359,7 @@ def fast(
     errors: list[torch.Tensor | None] = []
     bounds = None
     for i, (value, probe) in enumerate(zip(outputs, probes)):
-        in_range = torch.isfinite(probe) if probe is not None else torch.ones((), dtype=torch.bool, device=value.device)
+        in_range = _in_range(probe, value.device)
         if plan.may_cancel[i] and plan.kernel_error[i] * _ROUNDOFF <= accuracy:
             # A sum of rounded terms of both signs may have lost its digits, and autograd may have
             # lost the same ones evaluating the same formula (gelu's Phi(x) + x phi(x) far left):

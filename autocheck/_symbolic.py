@@ -321,6 +321,18 @@ def _function_key(f: Any, depth: int = 0) -> Any:
     raise _Unkeyable  # a module, an object with __call__: its state may change between checks
 
 
+def function_key(f: Any) -> Any:
+    """What determines ``f``'s trace, hashable, for caches of what follows from its code
+    (the same key, the same mathematics); None where a key cannot stand for it (a module or
+    another object whose state may change between checks)."""
+    try:
+        key = _function_key(f)
+        hash(key)
+    except (_Unkeyable, TypeError):
+        return None
+    return key
+
+
 def derivatives_for(
     f: Callable[..., Any],
     reference: Any,
