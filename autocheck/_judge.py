@@ -168,13 +168,8 @@ class Exact:
 
     def atom_values(self, columns: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The values of the bound's atoms (local derivatives and operations' values)."""
-        exprs = [e for _, e in self.atoms]
-        # Where float64 serves every atom (finite, and the oracle vouches for it), no bounds
-        # are taken: the common case of a slack asked for at a few hundred points
-        values, trusted, _ = _oracle.fast(exprs, self.derivatives.symbols, columns, accuracy=ATOM_ACCURACY)
-        if all(bool(t.all()) and math.isfinite(float(v.sum())) for v, t in zip(values, trusted)):
-            return values
-        return list(_oracle.evaluate(exprs, self.derivatives.symbols, columns, accuracy=ATOM_ACCURACY))
+        return list(_oracle.evaluate([e for _, e in self.atoms], self.derivatives.symbols, columns,
+                                     accuracy=ATOM_ACCURACY))
 
     def unbounded(self, columns: Sequence[torch.Tensor], atoms: Sequence[torch.Tensor], units: tuple[float, float],
                   rtol: float) -> list[torch.Tensor]:

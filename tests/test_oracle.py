@@ -476,3 +476,14 @@ def test_a_sum_that_may_cancel_is_trusted_only_within_its_error_bound():
     assert (fast[0] - torch.from_numpy(truth)).abs().le(errors[0]).all()
     _, trusted, errors = oracle.fast([sympy.exp(-x) / (1 + sympy.exp(-x)) ** 2], [x], [points], accuracy=1e-14)
     assert trusted[0].all() and errors[0] is None  # positive terms only: nothing to lose
+
+
+def test_an_overflowed_divisor_is_found_where_the_probes_sum_overflows():
+    # 2x / (x**2 + 1) watches x**2 + 1: at 1.2e154 and 1.3e154 both are finite though their sum
+    # is not, so the points must be looked at one by one; at 1e155 x**2 is inf and the float64
+    # value (0.0) is not vouched for.
+    expr = 2 * x / (x**2 + 1)
+    _, trusted, _ = oracle.fast([expr], [x], [torch.tensor([1.2e154, 1.3e154], dtype=torch.float64)], accuracy=1e-14)
+    assert trusted[0].tolist() in (True, [True, True])
+    _, trusted, _ = oracle.fast([expr], [x], [torch.tensor([1.2e154, 1e155], dtype=torch.float64)], accuracy=1e-14)
+    assert trusted[0].tolist() == [True, False]

@@ -10,7 +10,7 @@ import sys
 import torch
 
 import autocheck
-from autocheck import _symbolic
+from autocheck import _check, _symbolic
 
 F64 = torch.float64
 SCALE = 2.0
@@ -62,6 +62,36 @@ def test_a_module_with_state_is_not_cached():
         layer.weight.fill_(4.0)
     assert first is not derivatives(f)
     assert float(derivatives(f).entries[0].expr) == 4.0
+
+
+def test_whether_a_function_is_elementwise_is_probed_once(monkeypatch):
+    probes = []
+    probe = _check.is_elementwise
+    monkeypatch.setattr(_check, "is_elementwise", lambda *args: probes.append(args) or probe(*args))
+    f = lambda x: x * torch.exp(x)  # noqa: E731
+    x = torch.linspace(-1.0, 1.0, 5, dtype=F64)
+    autocheck.check_grad(f, x, seed=0)
+    autocheck.check_grad(f, x + 1, seed=0)
+    assert len(probes) == 1
+    autocheck.check_grad(f, x.float(), seed=0)  # another dtype: probed again
+    assert len(probes) == 2
+
+
+def test_a_changed_closure_is_probed_again():
+    def make(centred):
+        return lambda x: x - x.mean() if centred else 2 * x
+
+    assert (_check._elementwise(make(False), 1, F64), _check._elementwise(make(True), 1, F64)) == (True, False)
+
+
+def test_a_module_with_state_is_probed_every_time(monkeypatch):
+    probes = []
+    probe = _check.is_elementwise
+    monkeypatch.setattr(_check, "is_elementwise", lambda *args: probes.append(args) or probe(*args))
+    layer = torch.nn.Tanh()
+    _check._elementwise(layer, 1, F64)
+    _check._elementwise(layer, 1, F64)
+    assert len(probes) == 2
 
 
 def test_a_check_leaves_the_thread_count_alone():
