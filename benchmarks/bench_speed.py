@@ -215,7 +215,7 @@ def bugs() -> list[str]:
     return lines
 
 
-def first_check(repeat: int = 9) -> list[str]:
+def first_check(repeat: int = 15) -> list[str]:
     commands = {
         "import": [sys.executable, "-c", "import torch, autocheck"],
         "loaded": [sys.executable, "-c", "import torch, autocheck; autocheck.check_grad"],
@@ -238,8 +238,8 @@ def first_check(repeat: int = 9) -> list[str]:
         f"| `import torch, autocheck` (names load on first use) | {median['import']:.2f} s |",
         f"| the same, then `autocheck.check_grad` (loads SymPy and the checker) | {median['loaded']:.2f} s |",
         f"| the same, then a default check of x²eˣ | {median['first check']:.2f} s "
-        f"(+{median['first check'] - median['loaded']:.2f} s over the checker loaded, "
-        f"+{median['first check'] - median['import']:.2f} s over the import) |",
+        f"({median['first check'] - median['loaded']:+.2f} s over the checker loaded, "
+        f"{median['first check'] - median['import']:+.2f} s over the import) |",
     ]
 
 
