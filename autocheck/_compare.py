@@ -458,13 +458,11 @@ def _row(elements: Elements, index: torch.Tensor, got_all: torch.Tensor, expecte
 
 
 def _ulp(value: float, dtype: torch.dtype) -> float:
-    """:func:`ulp` of one float64 value."""
+    """:func:`ulp` of one float64 value (nan as :func:`ulp` takes it: as 0)."""
     info = torch.finfo(dtype)
-    magnitude = abs(value)
-    magnitude = info.max if magnitude == math.inf else max(magnitude, info.tiny) if magnitude == magnitude else magnitude
-    if magnitude != magnitude:  # nan: as torch.frexp gives it, an exponent of 0
-        return math.ldexp(1.0, -_DIGITS[dtype])
-    return math.ldexp(1.0, math.frexp(magnitude)[1] - _DIGITS[dtype])
+    magnitude = info.max if math.isinf(value) else max(abs(value), info.tiny)
+    exponent = 0 if math.isnan(value) else math.frexp(magnitude)[1]
+    return math.ldexp(1.0, exponent - _DIGITS[dtype])
 
 
 def _nan_as_inf(value: float) -> float:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import autocheck
+from autocheck import _compare
 
 DEVICES = [
     "cpu",
@@ -438,3 +439,12 @@ def test_the_reproduce_line_keeps_a_tolerance_given():
     assert report.reproduce.endswith("autocheck.assert_grad_matches(torch.special.expit, torch.tensor([0.5], "
                                      "dtype=torch.float64), dtype=torch.float64, device='cpu', seed=0, rtol=1e-30, "
                                      "atol=0.0)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_a_rows_ulp_figure_is_the_spacing_of_the_checked_dtype(dtype):
+    # A report row computes its figures in Python floats; they must be the judgement's own.
+    values = [0.0, -0.0, 1.0, -3.5, 1e-310, 1e-40, 2.0**-126, 6e4, 7e4, 1e300, math.inf, -math.inf, math.nan]
+    spacing = _compare.ulp(torch.tensor(values, dtype=torch.float64), dtype).tolist()
+    assert [_compare._ulp(v, dtype) for v in values] == spacing
+    assert _compare._ulp(1.0, torch.float64) == math.ulp(1.0) == 2.0**-52
