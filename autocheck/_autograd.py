@@ -31,13 +31,28 @@ REVERSE, FORWARD, VMAP = "rev", "fwd", "vmap"
 COTANGENT_PERIOD = 4093  # prime
 
 
-def cotangent(shape: Sequence[int], dtype: torch.dtype, device: Any, generator: torch.Generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class Concatenated:
+    """The generator of points judged together that were drawn as separate batches (their
+    points concatenated in order): each batch's share of a draw comes from its own
+    generator, so every point gets the upstream gradients it gets judged alone."""
+
+    parts: tuple[tuple[torch.Generator, int], ...]  # per batch: its generator and its number of points
+
+
+def cotangent(shape: Sequence[int], dtype: torch.dtype, device: Any,
+              generator: torch.Generator | Concatenated) -> torch.Tensor:
     """Upstream gradients with |v| in [0.5, 0.9], exactly representable in every dtype.
 
     Not 1: a backward that ignores grad_output must fail. Below 1: v * (huge) must not
     overflow where the exact product is finite.
     """
     shape = tuple(shape)
+    if isinstance(generator, Concatenated):
+        if len(shape) != 1 or shape[0] != sum(n for _, n in generator.parts):
+            raise ValueError(f"batches of {[n for _, n in generator.parts]} points judged together, "
+                             f"but upstream gradients of shape {shape} were asked for")
+        return torch.cat([cotangent((n,), dtype, device, g) for g, n in generator.parts])
     count = 1
     for n in shape:
         count *= n

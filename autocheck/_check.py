@@ -23,7 +23,9 @@ import torch
 from ._arguments import (
     check_callable, check_count, check_deadline, check_input, check_order, resolve_device, resolve_dtype,
 )
-from ._autograd import FORWARD, REVERSE, VMAP, Fault, check_deterministic, cotangent, is_elementwise, structural_faults
+from ._autograd import (
+    FORWARD, REVERSE, VMAP, Concatenated, Fault, check_deterministic, cotangent, is_elementwise, structural_faults,
+)
 from ._budget import Deadline, interrupt_after
 from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
 from ._errors import DeadlineExceeded, NothingChecked, TraceError
@@ -121,10 +123,16 @@ class Check:
 
         return points_in_domain(value, domain, count, self.dtype, generator, self.name)
 
-    def judge(self, columns: Sequence[torch.Tensor], batch: int = 0, *, indexed: bool = False) -> Verdict:
+    def judge(self, columns: Sequence[torch.Tensor], batch: int | Sequence[tuple[int, int]] = 0, *,
+              indexed: bool = False) -> Verdict:
         """Judge every gradient element at the given points (one tensor per parameter,
         broadcastable; a function of tensors: the tensors themselves). ``indexed`` reports
-        rows with their element index (for inputs the user gave)."""
+        rows with their element index (for inputs the user gave). ``batch``: which batch the
+        points are, for their upstream gradients; batches judged together (points of a
+        function of scalars, concatenated): each batch and its number of points, in order."""
+        if not isinstance(batch, int):
+            values = [c.detach().to(device=self.device, dtype=self.dtype) for c in columns]
+            return judge_points(self, values, Concatenated(tuple((self.generator(b), n) for b, n in batch)))
         if self.mode == TENSOR:  # forward mode: by directions, whose exact side is forward mode already
             verdict = judge_tensor(self, columns, self.generator(batch)) if REVERSE in self.modes else Verdict()
             for mode in (FORWARD, VMAP):

@@ -305,7 +305,9 @@ def search(
     (points); ``check.fails(columns)`` a per-point mask. Batch ``b`` is drawn by
     ``draw_batch`` from a generator seeded by ``(seed, b)``, so the same seed gives the
     same points and the same work. The first batch is judged alone, later ones up to
-    :data:`JUDGED_TOGETHER` at a time (their points concatenated). With a ``database_key``
+    :data:`JUDGED_TOGETHER` at a time (their points concatenated; ``batch`` is then each
+    batch with its number of points, so that every point gets the upstream gradients it
+    gets judged alone). With a ``database_key``
     (unseeded checks), failing points saved by an earlier run are judged first, and a new
     counterexample is saved, in the database of ``settings``, or else that of Hypothesis's
     active profile (where the program uses Hypothesis or keeps ``.hypothesis/``).
@@ -337,7 +339,8 @@ def search(
         size = 1 if not batch else _group_size(examples - batch, (time.monotonic() - started) / batch, deadline)
         drawn = [draw_batch(torch.Generator().manual_seed(_mix(seed, b))) for b in range(batch, batch + size)]
         columns = [torch.cat(parts) for parts in zip(*drawn)] if size > 1 else drawn[0]
-        found = check.judge(columns, batch)
+        found = check.judge(columns, batch if size == 1 else
+                            tuple((b, parts[0].numel()) for b, parts in enumerate(drawn, start=batch)))
         points += columns[0].numel()
         batches += size
         which = f"batch {batch + 1}" if size == 1 else f"batches {batch + 1}-{batch + size}"

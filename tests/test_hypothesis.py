@@ -114,6 +114,20 @@ def test_judging_batches_together_judges_the_same_points(monkeypatch):
     monkeypatch.setattr(autocheck._search, "JUDGED_TOGETHER", 1)
     alone = autocheck.check_grad(x2exp, seed=3, examples=9)
     assert together.checked == alone.checked and together.skipped == alone.skipped
+    # with the same upstream gradients: the same worst elements, to the last digit
+    assert (together.worst, together.max_ulp, together.max_rel) == (alone.worst, alone.max_ulp, alone.max_rel)
+
+
+def test_how_batches_are_grouped_does_not_change_the_verdict(monkeypatch):
+    # How many batches are judged together depends on the time left; the upstream gradient of
+    # a point must not. For z*exp(z) near z = -1.8e308(1 + i), some upstream gradients make
+    # torch's backward overflow (nan where the exact derivative is 0) and others do not.
+    reports = []
+    for size in (1, 2):
+        monkeypatch.setattr(autocheck._search, "_group_size", lambda left, pace, deadline, size=size: min(size, left))
+        reports.append(autocheck.check_grad(lambda z: z * torch.exp(z), dtype=torch.complex128, seed=0, examples=3))
+    alone, paired = reports
+    assert (paired.ok, paired.checked, paired.worst) == (alone.ok, alone.checked, alone.worst)
 
 
 def test_the_deadline_is_per_batch():
