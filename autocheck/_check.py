@@ -108,8 +108,11 @@ class Check:
         """How close the exact values must be: well inside the tolerance."""
         return self.tol.rtol / 16
 
-    def generator(self, batch: int) -> torch.Generator:
-        """Upstream gradients of batch ``batch``: the same for the same seed."""
+    def generator(self, batch: int | Sequence[tuple[int, int]]) -> torch.Generator | Concatenated:
+        """Upstream gradients of batch ``batch``: the same for the same seed; of batches judged
+        together (each with its number of points): each batch's own."""
+        if not isinstance(batch, int):
+            return Concatenated(tuple((self.generator(b), n) for b, n in batch))
         return torch.Generator().manual_seed((self.seed * 1_000_003 + batch * 7919 + 1) % 2**63)
 
     def points(self, domain: Domain, count: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -130,9 +133,6 @@ class Check:
         rows with their element index (for inputs the user gave). ``batch``: which batch the
         points are, for their upstream gradients; batches judged together (points of a
         function of scalars, concatenated): each batch and its number of points, in order."""
-        if not isinstance(batch, int):
-            values = [c.detach().to(device=self.device, dtype=self.dtype) for c in columns]
-            return judge_points(self, values, Concatenated(tuple((self.generator(b), n) for b, n in batch)))
         if self.mode == TENSOR:  # forward mode: by directions, whose exact side is forward mode already
             verdict = judge_tensor(self, columns, self.generator(batch)) if REVERSE in self.modes else Verdict()
             for mode in (FORWARD, VMAP):
