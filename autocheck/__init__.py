@@ -10,7 +10,6 @@ for its plugin, ``autocheck.pytest_plugin``) does not import torch and SymPy.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -40,10 +39,12 @@ _WHERE = {
 
 
 def __getattr__(name: str) -> Any:
+    from ._loading import load  # the collector paused while SymPy or Hypothesis loads
+
     if name == "strategies":  # imports Hypothesis
-        return importlib.import_module(".strategies", __name__)
+        return load(".strategies")
     if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+        value = getattr(load(_WHERE[name]), name)
         globals()[name] = value  # once loaded, an ordinary attribute
         return value
     raise AttributeError(f"module 'autocheck' has no attribute {name!r}")

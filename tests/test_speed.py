@@ -177,3 +177,48 @@ def test_a_first_check_loads_none_of_torchs_heavy_machinery():
             "'torch.fx.experimental.symbolic_shapes') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def test_loading_the_checker_leaves_the_collector_as_it_found_it():
+    # The collector is paused while SymPy loads (no full collection over torch's objects);
+    # afterwards it is on, nothing is frozen, and the objects loaded sit in the oldest generation
+    code = ("import gc, torch, autocheck; full = gc.get_stats()[2]['collections']; autocheck.check_grad; "
+            "import sympy; print(gc.get_stats()[2]['collections'] - full, gc.isenabled(), gc.get_freeze_count(), "
+            "any(o is sympy.Symbol for o in gc.get_objects(generation=2)))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["0", "True", "0", "True"]
+
+
+def test_a_paused_collector_leaves_a_disabled_one_off_and_frozen_objects_frozen():
+    import gc
+    import weakref
+
+    from autocheck._loading import collector_paused
+
+    class Node:
+        pass
+
+    enabled = gc.isenabled()
+    try:
+        gc.disable()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        gc.enable()
+        with collector_paused():
+            assert not gc.isenabled()
+            cycle = Node()
+            cycle.itself = cycle
+            dead = weakref.ref(cycle)
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+        del cycle
+        gc.collect()  # garbage made while paused is still collected
+        assert dead() is None
+        gc.freeze()  # a process's own frozen objects stay frozen
+        frozen = gc.get_freeze_count()
+        with collector_paused():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        gc.enable() if enabled else gc.disable()
