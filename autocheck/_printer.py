@@ -1470,6 +1470,11 @@ def to_torch(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[
     def evaluate(*values: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
         if len(values) != n:
             raise TypeError(f"Expected {n} arguments, one per symbol in {symbols}, but got {len(values)}")
+        plain = _plain(values)
+        if plain is not None:  # float64 tensors of one shape on the CPU, and numbers: the common small call
+            shape = next(v.shape for v in values if isinstance(v, torch.Tensor))
+            numbers = [t for t, v in zip(plain, values) if t is not v]
+            return tuple(_plain_output(o, shape, numbers) for o in compiled(*plain, _ZERO64))
         tensors, dtype = _as_tensors(values)
         work_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         tensors = torch.broadcast_tensors(*[t.to(work_dtype) for t in tensors]) if tensors else []
@@ -1481,6 +1486,43 @@ def to_torch(exprs: Sequence[Any], symbols: Sequence[sympy.Symbol]) -> Callable[
 
     evaluate.__doc__ = f"Evaluate {len(exprs)} expressions in {len(symbols)} symbols with torch."
     return evaluate
+
+
+#: The ``like`` of :func:`to_torch`'s plain calls (the compiled code only reads it).
+_ZERO64 = torch.zeros((), dtype=torch.float64)
+
+
+def _plain(values: Sequence[Any]) -> list[torch.Tensor] | None:
+    """The values as they go in where at least one is a tensor and every tensor is a float64
+    CPU tensor of one shape (none to promote, move or broadcast); numbers as 0-d float64
+    tensors. None otherwise."""
+    shape = None
+    for v in values:
+        if type(v) is torch.Tensor:
+            if v.dtype is not torch.float64 or v.device.type != "cpu" or (shape is not None and v.shape != shape):
+                return None
+            shape = v.shape
+        elif type(v) is not float and type(v) is not int:
+            return None
+    if shape is None:
+        return None
+    return [v if type(v) is torch.Tensor else _number(float(v).hex()) for v in values]
+
+
+def _plain_output(output: Any, shape: torch.Size, numbers: Sequence[torch.Tensor]) -> torch.Tensor:
+    """An output of a plain call, of the inputs' shape; a fresh tensor where it is one of
+    the cached numbers (an expression that is a symbol given as a number)."""
+    if isinstance(output, torch.Tensor) and any(output is t for t in numbers):
+        return output.expand(shape).clone()
+    if isinstance(output, torch.Tensor) and output.shape == shape and output.dtype is torch.float64:
+        return output
+    return _full(output, shape, torch.float64, _ZERO64)
+
+
+@functools.lru_cache(maxsize=256)
+def _number(text: str) -> torch.Tensor:
+    """A number (by its exact hexadecimal text: -0.0 and nan kept) as a 0-d float64 tensor."""
+    return torch.tensor(float.fromhex(text), dtype=torch.float64)
 
 
 def _as_tensors(values: Sequence[Any]) -> tuple[list[torch.Tensor], torch.dtype]:
