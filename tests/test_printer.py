@@ -609,3 +609,37 @@ def test_arb_erfc_far_right_is_a_narrow_ball_around_a_tiny_value(u):
     assert reflected.overlaps(erfc)
     if u > 1e5:
         assert float(ratio.mid()) == pytest.approx(1 / (u * math.sqrt(math.pi)), rel=1e-12)
+
+
+# --- calls with float64 tensors of one shape and numbers -------------------------------
+
+
+def test_numbers_beside_float64_tensors_keep_their_sign_and_nan():
+    f = to_torch([y, x * y, x + y], [x, y])
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    signs = [math.copysign(1.0, v) for v in f(a, -0.0)[0].tolist()]
+    assert signs == [-1.0, -1.0]
+    assert [t.tolist() for t in f(a, 2.5)] == [[2.5, 2.5], [2.5, 5.0], [3.5, 4.5]]
+    assert all(math.isnan(v) for t in f(a, NAN) for v in t.tolist())
+
+
+def test_an_output_that_is_a_number_given_is_a_fresh_tensor():
+    # A symbol given as a number comes back as a tensor of its own: changing it in place
+    # changes no later call
+    f = to_torch([y, x], [x, y])
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    number, same = f(a, 3.0)
+    assert same is a
+    number.add_(1.0)
+    assert f(a, 3.0)[0].tolist() == [3.0, 3.0]
+    scalar = f(torch.tensor(1.0, dtype=torch.float64), 3.0)[0]
+    scalar.add_(1.0)
+    assert f(torch.tensor(1.0, dtype=torch.float64), 3.0)[0].item() == 3.0
+
+
+def test_tensors_of_other_shapes_dtypes_or_devices_are_broadcast_and_promoted():
+    f = to_torch([x * y], [x, y])
+    column = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    row = torch.tensor([1.0, 10.0], dtype=torch.float64)
+    assert f(column, row)[0].tolist() == [[1.0, 10.0], [2.0, 20.0]]
+    assert f(torch.tensor([2.0], dtype=torch.float32), 0.5)[0].dtype == torch.float32
