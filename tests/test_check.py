@@ -448,3 +448,31 @@ def test_a_rows_ulp_figure_is_the_spacing_of_the_checked_dtype(dtype):
     spacing = _compare.ulp(torch.tensor(values, dtype=torch.float64), dtype).tolist()
     assert [_compare._ulp(v, dtype) for v in values] == spacing
     assert _compare._ulp(1.0, torch.float64) == math.ulp(1.0) == 2.0**-52
+
+
+def test_the_quick_relative_test_passes_nothing_the_full_comparison_fails():
+    # Gradients whose relative error lies within a few roundings either side of rtol: the
+    # quick test (autograd / expected - 1) may misjudge those by a rounding, so it leaves
+    # them to the full comparison, which fails exactly those beyond rtol * |expected|. Here
+    # rtol is a tenth of a float64 ULP of 1 above a multiple of one: autograd / expected rounds
+    # to that grid, so a relative error just beyond rtol can round to just below it.
+    rtol = (450360 + 0.1) * 2.0**-52
+    generator = torch.Generator().manual_seed(0)
+    derivative = torch.empty(256, dtype=torch.float64).uniform_(0.1, 10.0, generator=generator)
+    weight = torch.randint(32, 58, (256,), generator=generator) / 64.0 * (torch.arange(256) % 2 * 2 - 1)
+    weight = weight.to(torch.float64)
+    got = weight * derivative * (1 + rtol)
+    steps = torch.arange(256) % 9 - 4  # ULPs either side of the boundary
+    got = got + steps * torch.sign(got) * _compare.ulp(got, torch.float64)
+    elements = _compare.Elements(
+        autograd=got, expected=derivative, weight=weight, trusted=torch.tensor(True), skip=torch.tensor(False),
+        skip_input=torch.tensor(False), upstream=weight, where="d/dx", point=lambda index: index.reshape(-1, 1).double(),
+    )
+    refine = _compare.Refinement(expected=lambda index: (weight * derivative)[index],
+                                 slack=lambda index: torch.zeros(index.numel(), dtype=torch.float64), kink=None)
+    verdict = _compare.judge(elements, refine, torch.float64, _compare.Tolerance(rtol, 0.0))
+    # the full test's own comparison, element by element
+    product = weight * derivative
+    beyond = (~((got - product).abs() < product.abs() * rtol)).tolist()
+    assert 0 < sum(beyond) < len(beyond)
+    assert verdict.failed == sum(beyond) and verdict.checked == len(beyond)
