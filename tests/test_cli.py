@@ -436,6 +436,43 @@ def test_python_m_autocheck(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written (no .hypothesis directory)
 
 
+def test_the_program_exits_with_mains_status_and_skips_the_last_collections(monkeypatch):
+    import gc
+
+    from autocheck import _cli
+
+    monkeypatch.setattr(_cli, "main", lambda: 1)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            _cli.run()
+        assert exit_.value.code == 1
+        assert gc.get_freeze_count() > 0  # what exists at exit is left to the operating system
+    finally:
+        gc.unfreeze()
+
+
+def test_a_finalizer_of_the_users_module_still_runs_at_exit(tmp_path):
+    (tmp_path / "closing_ops.py").write_text(textwrap.dedent("""
+        import weakref
+        import torch
+
+        class Log:
+            pass
+
+        LOG = Log()
+        weakref.finalize(LOG, print, "finalized")
+
+        def square(x):
+            return x * x
+    """))
+    done = subprocess.run(
+        [sys.executable, "-m", "autocheck", "check", "closing_ops:square", "--reference", "x**2", *FAST, "--seed", "0"],
+        capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("finalized")
+
+
 def test_console_script_finds_a_module_in_the_current_directory(tmp_path):
     script = Path(sys.executable).with_name("autocheck")
     if not script.exists():
