@@ -27,7 +27,7 @@ from ._autograd import (
     FORWARD, REVERSE, VMAP, Concatenated, Fault, check_deterministic, cotangent, is_elementwise, structural_faults,
 )
 from ._budget import Deadline, interrupt_after
-from ._compare import OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
+from ._compare import ORACLE_ACCURACY, OUT_OF_TIME, Tolerance, Verdict, require_checked, tolerance_for
 from ._errors import DeadlineExceeded, NothingChecked, TraceError
 from ._report import Report, build_report
 from ._judge import allowance, exact_side, floating_only, judge_directional, judge_points, judge_tensor
@@ -106,7 +106,7 @@ class Check:
     @property
     def accuracy(self) -> float:
         """How close the exact values must be: well inside the tolerance."""
-        return self.tol.rtol / 16
+        return self.tol.rtol * ORACLE_ACCURACY
 
     def generator(self, batch: int | Sequence[tuple[int, int]]) -> torch.Generator | Concatenated:
         """Upstream gradients of batch ``batch``: the same for the same seed; of batches judged

@@ -189,7 +189,7 @@ class Verdict:
             self.skip(reason, count)
         self.max_ulp = max(self.max_ulp, other.max_ulp)
         self.max_rel = max(self.max_rel, other.max_rel)
-        self.worst = sorted([*self.worst, *other.worst], key=_rank, reverse=True)[:WORST_ROWS]
+        self.worst = sorted([*self.worst, *other.worst], key=_rank)[:WORST_ROWS]
         room = FAILING_POINTS - len(self.failing)
         self.failing += other.failing[:room]
         self.failing_index |= other.failing_index
@@ -199,8 +199,11 @@ class Verdict:
         self.precise += other.precise
 
 
-def _rank(row: Row) -> tuple[bool, float]:
-    return (row.failed, row.ulp_error if not math.isnan(row.ulp_error) else math.inf)
+def _rank(row: Row) -> tuple[bool, float, str, str, str]:
+    """Sorts failures first, then the largest ULP error; then by the row's content, so that
+    the worst rows of a check are the same whatever order its verdicts are merged in."""
+    ulps = row.ulp_error if not math.isnan(row.ulp_error) else math.inf
+    return (not row.failed, -ulps, row.where, repr(row.inputs), repr((row.autograd, row.upstream)))
 
 
 # --------------------------------------------------------------------------------------
@@ -232,6 +235,10 @@ class Elements:
     # Where given, ``expected`` is the exact derivative alone, and the expected gradient is
     # ``weight * expected``: the judge forms that product only where it looks at an element
     weight: torch.Tensor | None = None
+    # Batches of points judged together, their elements concatenated in order: how many
+    # elements each has. Each batch's worst rows are chosen as if it were judged alone, so
+    # that which batches are judged together changes no report.
+    batches: tuple[int, ...] = ()
 
 
 @dataclass
@@ -282,7 +289,7 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
         bad_input = _count(elements.skip_input.reshape(-1))
         verdict.skip(NOT_FINITE_INPUT, bad_input)
         verdict.skip(NOT_FINITE_FORWARD, _count(skip) - bad_input)
-        relative.masked_fill_(skip, 0.0)
+        relative.masked_fill_(skip, -1.0)  # below every element passed: never the worst passing row
         candidates = _nonzero(~(quick | skip))
     else:
         candidates = _nonzero(~quick)
@@ -297,38 +304,55 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
         limit = near.abs() * tol.rtol + tol.atol
         passes = difference < limit
         passes &= trusted if trusted.numel() == 1 else trusted.reshape(-1)[candidates]
-        bound = None
         if elements.error is not None:
             bound = elements.error.reshape(-1)[candidates]
             passes |= difference + (1 + tol.rtol) * bound < limit
-        if bound is not None and not bool(passes.all()):
-            # Where the code's own rounding allows more than rtol (the slack: i0e's backward
-            # cancels as i1e(x) - i0e(x)), the value with its error bound may settle an element
-            # that needs no better value: |autograd - exact| <= difference + bound, within
-            # atol + max(rtol * |exact|, slack). An infinite slack is left to the full test.
+        else:  # a trusted value is within ORACLE_ACCURACY * rtol of the exact one; others unknown
+            here = trusted.expand(candidates.shape) if trusted.numel() == 1 else trusted.reshape(-1)[candidates]
+            bound = torch.where(here, ORACLE_ACCURACY * tol.rtol * near.abs(), math.inf)
+        if not bool(passes.all()):
+            # Where the code's own rounding allows more than rtol (the slack: x**2 e**x + 2x e**x
+            # as autograd sums it near x = -2, i0e's backward as i1e(x) - i0e(x)), the value with
+            # its error bound settles an element that needs no better value: |autograd - exact| <=
+            # difference + bound, within atol + max(rtol * |exact|, slack). What this does not
+            # pass (an infinite slack, a value with no bound) goes to the full test, whose exact
+            # values are refined.
             left = (~passes).nonzero().reshape(-1)
             slack = refine.slack(candidates[left]).reshape(-1).to(near.device).nan_to_num(nan=math.inf)
             wide = torch.maximum(tol.rtol * (near[left].abs() - bound[left]), slack)
             passes[left] = (difference[left] + bound[left] < tol.atol + wide) & torch.isfinite(slack)
-        relative[candidates] = torch.where(passes, (difference / near.abs()).nan_to_num(nan=0.0, posinf=0.0), 0.0)
+        relative[candidates] = torch.where(passes, (difference / near.abs()).nan_to_num(nan=0.0, posinf=0.0), -1.0)
         quick[candidates[passes]] = True
         rest = candidates[~passes]
     passed_quickly = _count(quick)
     verdict.checked += passed_quickly
-    if passed_quickly:
-        k = _argmax(relative)
+    if passed_quickly:  # the worst element passed, of each batch
+        worst = [start + _argmax(relative[start:stop]) for start, stop in _spans(elements)]
+        worst = [k for k in worst if float(relative[k]) >= 0]
         del relative
-        verdict.worst.append(_row(elements, torch.tensor([k]), got, expected, tol, dtype, torch.tensor([False]))[0])
-        verdict.max_rel, verdict.max_ulp = verdict.worst[0].rel_error, verdict.worst[0].ulp_error
+        rows = _row(elements, torch.tensor(worst), got, expected, tol, dtype, torch.zeros(len(worst), dtype=torch.bool))
+        verdict.worst = sorted(rows, key=_rank)[:WORST_ROWS]
+        verdict.max_rel, verdict.max_ulp = max(r.rel_error for r in rows), max(r.ulp_error for r in rows)
     if rest.numel():
         verdict.merge(_judge_rest(elements, refine, rest, got, dtype, tol))
     return verdict
+
+
+def _spans(elements: Elements) -> list[tuple[int, int]]:
+    """Each batch's elements (see ``Elements.batches``): [start, stop) ranges."""
+    if not elements.batches:
+        return [(0, elements.autograd.numel())]
+    ends = np.cumsum(elements.batches).tolist()
+    return list(zip([0, *ends[:-1]], ends))
 
 
 #: How far the quick test's |autograd / expected - 1| may lie from |autograd - expected| /
 #: |expected|: the roundings of the quotient (and of the product weight * derivative), each
 #: at most half a float64 ULP of a value near 1, with room to spare.
 RELATIVE_SLACK = 4 * torch.finfo(torch.float64).eps
+#: How close to the exact value the oracle's values must be, as a fraction of rtol: a value
+#: it trusts is within that (relative), so judging against it moves no verdict by more.
+ORACLE_ACCURACY = 1 / 16
 _MINUS_ONE = torch.tensor(-1.0, dtype=torch.float64)
 
 
@@ -431,8 +455,17 @@ def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_
         verdict.max_ulp = float(ulps.max())
         verdict.max_rel = float(relative.max())
         key = torch.log1p(ulps.clamp(max=1e300)) + 1e3 * failing.to(torch.float64)  # failures first
-        top = torch.topk(key, min(WORST_ROWS, int(ranked.sum()))).indices
-        verdict.worst = _row(elements, rest[top], got_all, None, tol, dtype, failing[top], expected[top], allowed[top])
+        # The worst of each batch, as if judged alone (the elements ``rest`` are ascending)
+        starts = torch.tensor([start for start, _ in _spans(elements)], dtype=rest.dtype, device=rest.device)
+        ends = torch.searchsorted(rest, starts).tolist()[1:] + [rest.numel()]
+        top = []
+        for first, last in zip([0, *ends[:-1]], ends):
+            if last > first:
+                count = min(WORST_ROWS, int(ranked[first:last].sum()))
+                top.append(first + torch.topk(key[first:last], count).indices)
+        top = torch.cat(top)
+        rows = _row(elements, rest[top], got_all, None, tol, dtype, failing[top], expected[top], allowed[top])
+        verdict.worst = sorted(rows, key=_rank)[:WORST_ROWS]
     if verdict.failed:
         where = rest[failing.nonzero().reshape(-1)]
         verdict.failing_index = set(where[:FAILING_INDICES].tolist())

@@ -20,7 +20,7 @@ import torch
 
 from . import _directional, _dual, _oracle, _precise, _printer
 from ._autograd import (
-    FORWARD, REVERSE, VMAP, batched_vjp, cotangent, forward_over_reverse, func_jvp, jvp, pointwise, pointwise_jvp, vjp,
+    FORWARD, REVERSE, VMAP, Concatenated, batched_vjp, cotangent, forward_over_reverse, func_jvp, jvp, pointwise, pointwise_jvp, vjp,
 )
 from ._budget import OutOfTime
 from ._compare import (
@@ -322,7 +322,9 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
         elements = Elements(
             autograd=got.reshape(-1), expected=expected, weight=weight, trusted=trust, error=error,
             skip=skip, skip_input=bad_input, upstream=upstream, where=label, point=points, index=index_of,
+            batches=tuple(n for _, n in generator.parts) if isinstance(generator, Concatenated) else (),
         )
+
         def slack(index: torch.Tensor) -> torch.Tensor:
             modelled = batch.slack(keys, weights, index)
             if not reordered:

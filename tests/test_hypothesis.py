@@ -210,3 +210,19 @@ def test_hypothesis_own_ci_profile_is_not_followed(profile):
     default = autocheck.check_grad(x2exp, seed=0).checked
     settings.load_profile("ci")  # what Hypothesis does by itself where CI is set
     assert autocheck.check_grad(x2exp, seed=0).checked == default
+
+
+@pytest.mark.parametrize("f", [torch.sigmoid, lambda x, y: x * torch.sin(y)], ids=["sigmoid", "x*sin(y)"])
+def test_the_worst_rows_do_not_depend_on_how_batches_are_grouped(monkeypatch, f):
+    # Each batch's worst elements are chosen as if it were judged alone, and ties are broken
+    # by the rows' content: the same seed shows the same rows however the batches were grouped
+    from autocheck import _search
+
+    reports = []
+    for size in (1, 3):
+        monkeypatch.setattr(_search, "_group_size", lambda left, pace, deadline, size=size: min(size, left))
+        reports.append(autocheck.check_grad(f, seed=1, examples=7))
+    alone, grouped = reports
+    assert alone.ok and alone.worst
+    assert (grouped.worst, grouped.max_ulp, grouped.max_rel, grouped.checked) == \
+        (alone.worst, alone.max_ulp, alone.max_rel, alone.checked)
