@@ -326,16 +326,38 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
         rest = candidates[~passes]
     passed_quickly = _count(quick)
     verdict.checked += passed_quickly
-    if passed_quickly:  # the worst element passed, of each batch
+    if passed_quickly:
+        # Rows, per batch: the element passed with the largest relative error, and the largest
+        # ULP errors among the few that needed more than the relative test (those beyond rtol
+        # that the slack allowed, or atol)
         worst = [start + _argmax(relative[start:stop]) for start, stop in _spans(elements)]
         worst = [k for k in worst if float(relative[k]) >= 0]
         del relative
+        if candidates.numel() and bool(passes.any()):
+            settled = candidates[passes]
+            ulps = (difference[passes] / ulp(near[passes], dtype)).nan_to_num(nan=math.inf, posinf=math.inf)
+            worst += settled[_worst_per_batch(settled, ulps, torch.ones_like(ulps, dtype=torch.bool), elements)].tolist()
+        worst = sorted(set(worst))
         rows = _row(elements, torch.tensor(worst), got, expected, tol, dtype, torch.zeros(len(worst), dtype=torch.bool))
         verdict.worst = sorted(rows, key=_rank)[:WORST_ROWS]
         verdict.max_rel, verdict.max_ulp = max(r.rel_error for r in rows), max(r.ulp_error for r in rows)
     if rest.numel():
         verdict.merge(_judge_rest(elements, refine, rest, got, dtype, tol))
     return verdict
+
+
+def _worst_per_batch(positions: torch.Tensor, key: torch.Tensor, eligible: torch.Tensor,
+                     elements: Elements) -> torch.Tensor:
+    """Indices into ``positions`` (ascending element positions) of the WORST_ROWS ``eligible``
+    ones with the largest ``key`` in each batch: the rows a batch judged alone would show."""
+    starts = torch.tensor([start for start, _ in _spans(elements)], dtype=positions.dtype, device=positions.device)
+    ends = torch.searchsorted(positions, starts).tolist()[1:] + [positions.numel()]
+    top = [torch.zeros(0, dtype=torch.long, device=positions.device)]
+    for first, last in zip([0, *ends[:-1]], ends):
+        count = min(WORST_ROWS, int(eligible[first:last].sum()))
+        if count:
+            top.append(first + torch.topk(key[first:last], count).indices)
+    return torch.cat(top)
 
 
 def _spans(elements: Elements) -> list[tuple[int, int]]:
@@ -455,15 +477,7 @@ def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_
         verdict.max_ulp = float(ulps.max())
         verdict.max_rel = float(relative.max())
         key = torch.log1p(ulps.clamp(max=1e300)) + 1e3 * failing.to(torch.float64)  # failures first
-        # The worst of each batch, as if judged alone (the elements ``rest`` are ascending)
-        starts = torch.tensor([start for start, _ in _spans(elements)], dtype=rest.dtype, device=rest.device)
-        ends = torch.searchsorted(rest, starts).tolist()[1:] + [rest.numel()]
-        top = []
-        for first, last in zip([0, *ends[:-1]], ends):
-            if last > first:
-                count = min(WORST_ROWS, int(ranked[first:last].sum()))
-                top.append(first + torch.topk(key[first:last], count).indices)
-        top = torch.cat(top)
+        top = _worst_per_batch(rest, key, ranked, elements)
         rows = _row(elements, rest[top], got_all, None, tol, dtype, failing[top], expected[top], allowed[top])
         verdict.worst = sorted(rows, key=_rank)[:WORST_ROWS]
     if verdict.failed:

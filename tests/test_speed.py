@@ -4,6 +4,7 @@ the work as well as the verdict."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -255,3 +256,24 @@ def test_a_paused_collector_leaves_a_disabled_one_off_and_frozen_objects_frozen(
     finally:
         gc.unfreeze()
         gc.enable() if enabled else gc.disable()
+
+
+def test_the_largest_ulp_error_beyond_rtol_is_reported_exactly(monkeypatch):
+    # Near x = -2 the elements beyond rtol (settled by the error model's slack) have the
+    # largest ULP errors, though not the largest relative ones (those are where the result
+    # underflows, x < -730): the report's max_ulp is theirs, to the unit
+    import mpmath
+
+    from autocheck import _judge
+
+    v = 0.75
+    monkeypatch.setattr(_judge, "cotangent", lambda shape, dtype, device, generator: torch.full(shape, v, dtype=dtype))
+    x = torch.cat([torch.linspace(-2.001, -1.999, 401, dtype=F64), torch.linspace(-740.0, -735.0, 101, dtype=F64)])
+    report = autocheck.check_grad(lambda x: x * x * torch.exp(x), x, seed=0)
+    leaf = x.clone().requires_grad_(True)
+    (leaf * leaf * torch.exp(leaf)).backward(torch.full_like(x, v))
+    with mpmath.workdps(40):
+        exact = [float(v * (mpmath.mpf(p) ** 2 + 2 * mpmath.mpf(p)) * mpmath.exp(p)) for p in x.tolist()]
+    ulps = [abs(g - e) / math.ulp(e) for g, e in zip(leaf.grad.tolist(), exact)]
+    assert report.ok and max(ulps) > 512  # beyond rtol = 256 eps
+    assert report.max_ulp == max(ulps) and report.max_rel > 1e-6
