@@ -223,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     command = {"check": _check, "diff": _diff, "plot": _plot}[args.command]
     from ._loading import load
 
-    for module in ("._parse", "._symbolic" if args.command == "diff" else "._api"):
-        load(module)  # with the cyclic collector paused: a quarter of a second sooner
     try:
+        for module in ("._parse", "._symbolic" if args.command == "diff" else "._api"):
+            load(module)  # with the cyclic collector paused: a quarter of a second sooner
         return command(args)
     except KeyboardInterrupt:
         print(f"autocheck {args.command}: interrupted", file=sys.stderr)

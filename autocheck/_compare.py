@@ -277,7 +277,7 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
         relative = torch.addcdiv(_MINUS_ONE.to(product.device), got, product, out=product).abs_()
         expected = _Product(weight, derivative)
     quick = _below(relative, tol.rtol - RELATIVE_SLACK)
-    trusted = elements.trusted
+    trusted = elements.trusted.reshape(()) if elements.trusted.numel() == 1 else elements.trusted
     if trusted.numel() == 1:  # everywhere or nowhere: no pass over a broadcast mask
         if not bool(trusted):
             quick.zero_()

@@ -24,7 +24,8 @@ def collector_paused() -> Iterator[None]:
     """Python's cyclic collector paused inside the block; what it made, in the oldest
     generation afterwards. Leaves the collector as it was found: where it is off, nothing
     is done; where the process froze objects of its own (a forking server), they stay frozen
-    and the new objects are left where they are."""
+    and the new objects are left where they are. The collector's switch is the process's:
+    another thread that turns it off inside the block finds it on again afterwards."""
     if not gc.isenabled():
         yield
         return

@@ -476,3 +476,10 @@ def test_the_quick_relative_test_passes_nothing_the_full_comparison_fails():
     beyond = (~((got - product).abs() < product.abs() * rtol)).tolist()
     assert 0 < sum(beyond) < len(beyond)
     assert verdict.failed == sum(beyond) and verdict.checked == len(beyond)
+
+
+def test_a_single_element_of_two_dimensions_whose_value_overflows_on_the_way_is_checked():
+    # x / (x*x + 1) at 1e200: x*x overflows in float64, so the oracle's value is not trusted
+    # there; a mask of one element of shape (1, 1) must not fail to broadcast
+    report = autocheck.check_grad(lambda x: x / (x * x + 1), torch.full((1, 1), 1e200, dtype=torch.float64), seed=0)
+    assert report.ok and report.checked == 1

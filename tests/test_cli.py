@@ -451,6 +451,17 @@ def test_the_program_exits_with_mains_status_and_skips_the_last_collections(monk
         gc.unfreeze()
 
 
+def test_an_interrupt_while_the_checker_loads_is_reported_as_one(monkeypatch, capsys):
+    from autocheck import _cli, _loading
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_loading, "load", interrupted)
+    assert _cli.main(["check", "x**2"]) == 130
+    assert "autocheck check: interrupted" in capsys.readouterr().err
+
+
 def test_a_finalizer_of_the_users_module_still_runs_at_exit(tmp_path):
     (tmp_path / "closing_ops.py").write_text(textwrap.dedent("""
         import weakref
