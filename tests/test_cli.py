@@ -462,8 +462,9 @@ def test_an_interrupt_while_the_checker_loads_is_reported_as_one(monkeypatch, ca
     assert "autocheck check: interrupted" in capsys.readouterr().err
 
 
-def test_a_finalizer_of_the_users_module_still_runs_at_exit(tmp_path):
+def test_the_atexit_functions_and_finalizers_of_the_users_module_still_run_at_exit(tmp_path):
     (tmp_path / "closing_ops.py").write_text(textwrap.dedent("""
+        import atexit
         import weakref
         import torch
 
@@ -472,6 +473,7 @@ def test_a_finalizer_of_the_users_module_still_runs_at_exit(tmp_path):
 
         LOG = Log()
         weakref.finalize(LOG, print, "finalized")
+        atexit.register(print, "atexit ran")
 
         def square(x):
             return x * x
@@ -481,7 +483,7 @@ def test_a_finalizer_of_the_users_module_still_runs_at_exit(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.rstrip().endswith("finalized")
+    assert done.stdout.rstrip().endswith("atexit ran\nfinalized")
 
 
 def test_console_script_finds_a_module_in_the_current_directory(tmp_path):

@@ -277,3 +277,23 @@ def test_the_largest_ulp_error_beyond_rtol_is_reported_exactly(monkeypatch):
     ulps = [abs(g - e) / math.ulp(e) for g, e in zip(leaf.grad.tolist(), exact)]
     assert report.ok and max(ulps) > 512  # beyond rtol = 256 eps
     assert report.max_ulp == max(ulps) and report.max_rel > 1e-6
+
+
+def test_within_rtol_the_largest_ulp_error_is_reported_within_a_factor_of_two(monkeypatch):
+    # Where every element is within rtol, max_ulp is the ULP error of the element with the
+    # largest relative error: at least half the largest ULP error, and no more than it
+    import mpmath
+
+    from autocheck import _judge
+
+    v = 0.75
+    monkeypatch.setattr(_judge, "cotangent", lambda shape, dtype, device, generator: torch.full(shape, v, dtype=dtype))
+    x = torch.linspace(-3.0, 3.0, 2001, dtype=F64)
+    report = autocheck.check_grad(lambda x: x * torch.exp(x), x, seed=0)
+    leaf = x.clone().requires_grad_(True)
+    (leaf * torch.exp(leaf)).backward(torch.full_like(x, v))
+    with mpmath.workdps(40):
+        exact = [float(v * (1 + mpmath.mpf(p)) * mpmath.exp(p)) for p in x.tolist()]
+    ulps = [abs(g - e) / math.ulp(e) for g, e in zip(leaf.grad.tolist(), exact) if e != 0]
+    assert report.ok and max(ulps) < 512
+    assert max(ulps) / 2 <= report.max_ulp <= max(ulps)
