@@ -9,7 +9,6 @@ and judges (:mod:`._compare`); :mod:`._report` turns the verdict into text.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import math
 import random
@@ -36,7 +35,7 @@ from ._search import (
     Domain, Drawn, SearchSettings, database_key, derandomized_seed, draw_tensors, infer_domain, parse_domain,
     points_in_domain, search, search_settings, shrink_tensors,
 )
-from ._symbolic import Derivatives, derivatives_for, directional_derivatives, function_key, names_of
+from ._symbolic import Derivatives, KeyedCache, derivatives_for, directional_derivatives, function_key, names_of
 from ._trace import MAX_SYMBOLIC_ELEMENTS, default_names, function_name
 
 #: Batches per check when inputs are drawn (the first holds the special values).
@@ -505,20 +504,14 @@ def _mode(f: Callable[..., Any], values: Sequence[torch.Tensor], reference: Any)
 
 #: Whether a function is elementwise, kept per function (:func:`function_key`), number of
 #: inputs and dtype: a parametrized test probes its function once.
-_ELEMENTWISE: "collections.OrderedDict[Any, bool]" = collections.OrderedDict()
-ELEMENTWISE_CACHE_SIZE = 256
+_ELEMENTWISE = KeyedCache(256)
 
 
 def _elementwise(f: Callable[..., Any], n_inputs: int, dtype: torch.dtype) -> bool:
     key = function_key(f)
     if key is None:
         return is_elementwise(f, n_inputs, dtype)
-    key = (key, n_inputs, dtype)
-    if key not in _ELEMENTWISE:
-        _ELEMENTWISE[key] = is_elementwise(f, n_inputs, dtype)
-        if len(_ELEMENTWISE) > ELEMENTWISE_CACHE_SIZE:
-            _ELEMENTWISE.popitem(last=False)
-    return _ELEMENTWISE[key]
+    return _ELEMENTWISE.get((key, n_inputs, dtype), lambda: is_elementwise(f, n_inputs, dtype))
 
 
 def _check_generated(f: Callable[..., Any], domain: Any, options: Options) -> Report:

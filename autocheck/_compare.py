@@ -302,14 +302,13 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
         near = expected[candidates]
         difference = (got[candidates] - near).abs()
         limit = near.abs() * tol.rtol + tol.atol
-        passes = difference < limit
-        passes &= trusted if trusted.numel() == 1 else trusted.reshape(-1)[candidates]
+        trusted_here = trusted.expand(candidates.shape) if trusted.numel() == 1 else trusted.reshape(-1)[candidates]
+        passes = (difference < limit) & trusted_here
         if elements.error is not None:
             bound = elements.error.reshape(-1)[candidates]
             passes |= difference + (1 + tol.rtol) * bound < limit
         else:  # a trusted value is within ORACLE_ACCURACY * rtol of the exact one; others unknown
-            here = trusted.expand(candidates.shape) if trusted.numel() == 1 else trusted.reshape(-1)[candidates]
-            bound = torch.where(here, ORACLE_ACCURACY * tol.rtol * near.abs(), math.inf)
+            bound = torch.where(trusted_here, ORACLE_ACCURACY * tol.rtol * near.abs(), math.inf)
         if not bool(passes.all()):
             # Where the code's own rounding allows more than rtol (the slack: x**2 e**x + 2x e**x
             # as autograd sums it near x = -2, i0e's backward as i1e(x) - i0e(x)), the value with
@@ -335,8 +334,8 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
         del relative
         if candidates.numel() and bool(passes.any()):
             settled = candidates[passes]
-            ulps = (difference[passes] / ulp(near[passes], dtype)).nan_to_num(nan=math.inf, posinf=math.inf)
-            worst += settled[_worst_per_batch(settled, ulps, torch.ones_like(ulps, dtype=torch.bool), elements)].tolist()
+            ulps = _ulps(difference[passes], near[passes], dtype)
+            worst += settled[_worst_per_batch(settled, ulps, elements)].tolist()
         worst = sorted(set(worst))
         rows = _row(elements, torch.tensor(worst), got, expected, tol, dtype, torch.zeros(len(worst), dtype=torch.bool))
         verdict.worst = sorted(rows, key=_rank)[:WORST_ROWS]
@@ -346,15 +345,16 @@ def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Toler
     return verdict
 
 
-def _worst_per_batch(positions: torch.Tensor, key: torch.Tensor, eligible: torch.Tensor,
-                     elements: Elements) -> torch.Tensor:
-    """Indices into ``positions`` (ascending element positions) of the WORST_ROWS ``eligible``
-    ones with the largest ``key`` in each batch: the rows a batch judged alone would show."""
+def _worst_per_batch(positions: torch.Tensor, key: torch.Tensor, elements: Elements,
+                     eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices into ``positions`` (ascending element positions) of the WORST_ROWS ones (of the
+    ``eligible`` ones, where given) with the largest ``key`` in each batch: the rows a batch
+    judged alone would show."""
     starts = torch.tensor([start for start, _ in _spans(elements)], dtype=positions.dtype, device=positions.device)
     ends = torch.searchsorted(positions, starts).tolist()[1:] + [positions.numel()]
     top = [torch.zeros(0, dtype=torch.long, device=positions.device)]
     for first, last in zip([0, *ends[:-1]], ends):
-        count = min(WORST_ROWS, int(eligible[first:last].sum()))
+        count = min(WORST_ROWS, last - first if eligible is None else int(eligible[first:last].sum()))
         if count:
             top.append(first + torch.topk(key[first:last], count).indices)
     return torch.cat(top)
@@ -469,15 +469,14 @@ def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_
     if verdict.kinks:
         at_kink[accepted_index] = True
     ranked = judged & ~at_kink
-    ulps = (difference / ulp(expected, dtype)).nan_to_num(nan=math.inf, posinf=math.inf)
-    ulps = torch.where(ranked, ulps, -1.0)
+    ulps = torch.where(ranked, _ulps(difference, expected, dtype), -1.0)
     relative = torch.where(expected != 0, difference / expected.abs(), torch.where(difference == 0, 0.0, math.inf))
     relative = torch.where(ranked, relative.nan_to_num(nan=math.inf), -1.0)
     if bool(ranked.any()):
         verdict.max_ulp = float(ulps.max())
         verdict.max_rel = float(relative.max())
         key = torch.log1p(ulps.clamp(max=1e300)) + 1e3 * failing.to(torch.float64)  # failures first
-        top = _worst_per_batch(rest, key, ranked, elements)
+        top = _worst_per_batch(rest, key, elements, ranked)
         rows = _row(elements, rest[top], got_all, None, tol, dtype, failing[top], expected[top], allowed[top])
         verdict.worst = sorted(rows, key=_rank)[:WORST_ROWS]
     if verdict.failed:
@@ -511,6 +510,11 @@ def _row(elements: Elements, index: torch.Tensor, got_all: torch.Tensor, expecte
             ulp_error=ulps, allowed=allowed[j] / abs(v), failed=bool(fails), index=elements.index(k),
         ))
     return rows
+
+
+def _ulps(difference: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``difference`` in ULPs of ``dtype`` at ``expected``; inf where that is nan."""
+    return (difference / ulp(expected, dtype)).nan_to_num(nan=math.inf, posinf=math.inf)
 
 
 def _ulp(value: float, dtype: torch.dtype) -> float:

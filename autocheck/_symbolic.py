@@ -240,10 +240,29 @@ def _marked_diff(expr: sympy.Expr, symbols: Sequence[sympy.Symbol]) -> sympy.Exp
 SYMBOLIC_BUDGET = 20.0
 
 
+class KeyedCache:
+    """What follows from a function, kept by key (see :func:`function_key`): the last ``size``
+    values made, the least recently used dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The value kept for ``key``, else ``make()``, kept."""
+        if key in self._values:
+            self._values.move_to_end(key)
+            return self._values[key]
+        value = self._values[key] = make()
+        if len(self._values) > self.size:
+            self._values.popitem(last=False)
+        return value
+
+
 #: Traced derivatives kept per function (code, closure, defaults, the globals it reads),
 #: dtype and order: a parametrized test pays for tracing once.
 CACHE_SIZE = 256
-_cache: "collections.OrderedDict[Any, Derivatives]" = collections.OrderedDict()
+_cache = KeyedCache(CACHE_SIZE)
 
 
 class _Unkeyable(Exception):
@@ -347,21 +366,13 @@ def derivatives_for(
     operations kept as op atoms, where ``f`` can be traced. Tracing and differentiating
     (user code and SymPy both) stop after :data:`SYMBOLIC_BUDGET` seconds.
     """
-    try:
-        key = (_function_key(f), reference if isinstance(reference, sympy.Expr) else
-               (None if reference is None else _function_key(reference)),
-               tuple(names) if names is not None else None, tuple(map(tuple, shapes)) if shapes else shapes,
-               dtype, order, _trace.rule_registrations)
-        hash(key)
-    except (_Unkeyable, TypeError):
+    f_key = function_key(f)
+    reference_key = reference if reference is None or isinstance(reference, sympy.Expr) else function_key(reference)
+    if f_key is None or (reference is not None and reference_key is None):
         return _derivatives_for(f, reference, names, shapes, dtype, order)
-    if key in _cache:
-        _cache.move_to_end(key)
-        return _cache[key]
-    derivatives = _cache[key] = _derivatives_for(f, reference, names, shapes, dtype, order)
-    if len(_cache) > CACHE_SIZE:
-        _cache.popitem(last=False)
-    return derivatives
+    key = (f_key, reference_key, tuple(names) if names is not None else None,
+           tuple(map(tuple, shapes)) if shapes else shapes, dtype, order, _trace.rule_registrations)
+    return _cache.get(key, lambda: _derivatives_for(f, reference, names, shapes, dtype, order))
 
 
 def _derivatives_for(f: Callable[..., Any], reference: Any, names: Sequence[str] | None,
