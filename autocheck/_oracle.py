@@ -14,6 +14,9 @@ mpmath where arb has no translation):
   (``exp(x²/3)`` at large x, ``log(1 + x)`` near 0);
 * an intermediate that would turn a finite result wrong by overflowing (the
   divisor of ``2x/(x² + 1)`` at 1e300) is infinite;
+* an intermediate inside a divisor, a root or a logarithm is below the smallest
+  normal number (``x/sqrt(x² + y²)`` at x = -3.75e-162, y = -2.3e-280, where x² keeps
+  two bits), the result is not, and the error model's bound is not good enough;
 * the expression calls a special function whose torch kernel is not accurate to
   float64 (polygamma, gamma, loggamma, zeta, erfinv, Bessel, Lambert W): every
   point, deduplicated (trigamma: ~30 µs a point in arb, ~1 ms in mpmath).
@@ -67,6 +70,7 @@ TRUSTED_ERROR = 16.0
 
 _ROUNDOFF = 2.0**-53
 _SMALLEST_NORMAL = 2.2250738585072014e-308
+_LARGEST_RECIPROCAL = 1 / _SMALLEST_NORMAL  # 2**1022, exact
 
 
 @dataclass
@@ -75,16 +79,25 @@ class _Plan:
 
     exprs: tuple[sympy.Expr, ...]
     symbols: tuple[sympy.Symbol, ...]
-    values: Callable[..., tuple[torch.Tensor, ...]]  # the values, then the overflow probes that are not constant
+    values: Callable[..., tuple[torch.Tensor, ...]]  # the values, then the probes that are not constant
     kernel_error: tuple[float, ...]  # per expression: its worst kernel's error, relative, in roundoffs
     probed: tuple[bool, ...] = ()  # per expression: whether its overflow probe is among ``values``
+    low_probed: tuple[bool, ...] = ()  # per expression: whether its underflow probe is, after them
 
     def run(self, *values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """The float64 values, and per expression its overflow probe (None: it cannot overflow)."""
+        outputs, probes, _ = self.run_probed(*values)
+        return outputs, probes
+
+    def run_probed(self, *values: torch.Tensor
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """:meth:`run`, and per expression its underflow probe (None: nothing to watch)."""
         results = self.values(*values)
         n = len(self.exprs)
         probes = iter(results[n:])
-        return [r.to(torch.float64) for r in results[:n]], [next(probes) if p else None for p in self.probed]
+        overflow = [next(probes) if p else None for p in self.probed]
+        underflow = [next(probes) if p else None for p in self.low_probed] or [None] * n
+        return [r.to(torch.float64) for r in results[:n]], overflow, underflow
 
     @functools.cached_property
     def forms(self) -> tuple[tuple["_Plan", ...], ...]:
@@ -277,9 +290,12 @@ def _plan(exprs: tuple[sympy.Expr, ...], symbols: tuple[sympy.Symbol, ...], regi
     probes = [_overflow_probe(e) for e in exprs]
     # A constant probe (0: nothing watched) is not computed: a pass over every point saved.
     probed = tuple(not (p.is_number and math.isfinite(float(p))) for p in probes)
-    values = _printer.to_torch([*exprs, *[p for p, kept in zip(probes, probed) if kept]], symbols)
+    lows = [_underflow_probe(e) for e in exprs]
+    low_probed = tuple(p is not None for p in lows)
+    values = _printer.to_torch([*exprs, *[p for p, kept in zip(probes, probed) if kept],
+                                *[p for p in lows if p is not None]], symbols)
     kernels = tuple(max([kernel_error(f) for f in e.atoms(*KERNEL_ERROR)], default=0.0) for e in exprs)
-    return _Plan(exprs, symbols, values, kernels, probed)
+    return _Plan(exprs, symbols, values, kernels, probed, low_probed)
 
 
 def _compiled(exprs: Sequence[sympy.Expr], symbols: Sequence[sympy.Symbol]) -> _Plan:
@@ -317,11 +333,55 @@ def _watch(node: sympy.Basic, watched: set[sympy.Expr]) -> None:
         _watch(argument, watched)
 
 
+def _underflow_probe(expr: sympy.Expr) -> sympy.Expr | None:
+    """Sum of the reciprocal magnitudes of the intermediates whose underflow a later operation
+    would magnify: those inside a divisor, a root or another power that is not a whole one, or
+    a logarithm. It reaches 1/(smallest normal number) where one of them is below that (or 0).
+    None where nothing is watched.
+
+    ``x/sqrt(x² + y²)`` at ``x = -3.75e-162, y = -2.3e-280`` is -0.9746 in float64, not -1.0:
+    x² is subnormal (two significant bits), and the root and the quotient carry its error into a
+    result of ordinary size. Underflow where a sum drowns it (``1 + e**-x`` at 800) costs nothing:
+    where a watched intermediate is that small, the error model's bound decides (see :func:`fast`).
+    """
+    watched: set[sympy.Expr] = set()
+    branches: list[sympy.Expr] = []
+    _watch_low(expr, watched, branches, inside=False)
+    terms = [_printer.ReciprocalMagnitude(w) for w in watched if not (w.is_Symbol or w.is_number)]
+    return sympy.Add(*terms, *branches) if terms or branches else None
+
+
+def _watch_low(node: sympy.Basic, watched: set[sympy.Expr], branches: list[sympy.Expr], inside: bool) -> None:
+    if inside and isinstance(node, sympy.Expr):
+        watched.add(node)
+    if isinstance(node, sympy.Piecewise):
+        # Only the branch taken counts: the others are evaluated too, and may underflow freely.
+        probes = [(_underflow_probe(value), condition) for value, condition in node.args]
+        if any(p is not None for p, _ in probes):
+            branches.append(sympy.Piecewise(*[(0 if p is None else p, c) for p, c in probes]))
+        return
+    magnifies = (isinstance(node, sympy.Pow) and not (node.exp.is_Integer and node.exp >= 0)) or isinstance(node, sympy.log)
+    for k, argument in enumerate(node.args):
+        # A power's exponent is watched like any operand (it is not in the base's magnifier).
+        _watch_low(argument, watched, branches, inside or (magnifies and k == 0))
+
+
 def _finite(value: torch.Tensor, probe: torch.Tensor | None) -> torch.Tensor:
     finite = torch.isfinite(value)
     if probe is not None:
         finite &= torch.isfinite(probe)
     return finite
+
+
+def _underflowed(low: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor | None:
+    """Where a magnifiable intermediate may be below the smallest normal number (its underflow
+    probe reaches the reciprocal of that: :func:`_underflow_probe`) and the value is not (a
+    value that small is judged against atol); None where that is nowhere, which one reduction
+    shows."""
+    if low is None or not float(low.amax()) >= _LARGEST_RECIPROCAL:
+        return None
+    underflowed = (low >= _LARGEST_RECIPROCAL) & (value.abs() >= _SMALLEST_NORMAL)
+    return underflowed if bool(underflowed.any()) else None
 
 
 def _in_range(probe: torch.Tensor | None, device: Any) -> torch.Tensor:
@@ -354,12 +414,16 @@ def fast(
     """
     plan = _compiled(exprs, symbols).preferred
     x64 = _float64(values)
-    outputs, probes = plan.run(*x64)
+    outputs, probes, lows = plan.run_probed(*x64)
     trusted: list[torch.Tensor] = []
     errors: list[torch.Tensor | None] = []
     bounds = None
-    for i, (value, probe) in enumerate(zip(outputs, probes)):
+    for i, (value, probe, low) in enumerate(zip(outputs, probes, lows)):
         in_range = _in_range(probe, value.device)
+        underflowed = _underflowed(low, value)
+        if underflowed is not None:  # the error model's bound (underflow included) decides there
+            bounds = plan.bounds(*x64, _SMALLEST_NORMAL) if bounds is None else bounds
+            in_range = in_range & (~underflowed | (bounds[i] * _ROUNDOFF <= accuracy))
         if plan.may_cancel[i] and plan.kernel_error[i] * _ROUNDOFF <= accuracy:
             # A sum of rounded terms of both signs may have lost its digits, and autograd may have
             # lost the same ones evaluating the same formula (gelu's Phi(x) + x phi(x) far left):

@@ -318,8 +318,16 @@ class ScaledBesselI(sympy.Function):
         return self.args[1].is_real
 
 
+class ReciprocalMagnitude(sympy.Function):
+    """``1/|u|``, left unevaluated: the oracle's underflow probe sums it over many intermediates,
+    and SymPy's Abs would ask for the sign of each (seconds for a small tensor's Jacobian)."""
+
+    nargs = 1
+
+
 _BUILTIN_TORCH: dict[type, Implementation | Mapping[int, Implementation]] = {
     ReflectedErfc: lambda u: torch.special.erfc(-u),
+    ReciprocalMagnitude: lambda u: torch.reciprocal(torch.abs(u)),
     ScaledBesselI: {0: "torch.special.i0e", 1: "torch.special.i1e"},
     Erfcx: "torch.special.erfcx",
     sympy.exp: "torch.exp",

@@ -483,3 +483,17 @@ def test_a_single_element_of_two_dimensions_whose_value_overflows_on_the_way_is_
     # there; a mask of one element of shape (1, 1) must not fail to broadcast
     report = autocheck.check_grad(lambda x: x / (x * x + 1), torch.full((1, 1), 1e200, dtype=torch.float64), seed=0)
     assert report.ok and report.checked == 1
+
+
+def test_a_backward_whose_square_underflows_is_caught_where_the_exact_value_is_1():
+    # hypot's backward written x/sqrt(x*x + y*y): at x = -3.75e-162 x*x is subnormal, and the
+    # quotient is -0.9746 (so is the float64 value of the exact derivative, which must not be
+    # trusted there); torch.hypot's own backward divides by hypot(x, y) and is right
+    hand_written = function(torch.hypot, lambda g, x, y: (g * x / torch.sqrt(x * x + y * y), g * y / torch.sqrt(x * x + y * y)))
+    x, y = grid(-3.75e-162, 3.0), grid(-2.3e-280, 4.0)
+    report = autocheck.check_grad(hand_written, x, y, seed=0)
+    assert report.failed == 2
+    rows = {(row.where, row.index): row for row in report.worst}
+    assert rows["d/dx", (0,)].exact == -1.0 and rows["d/dx", (0,)].autograd == pytest.approx(-0.974043409)
+    assert rows["d/dy", (0,)].exact == pytest.approx(-2.3e-280 / 3.75e-162, rel=1e-15)
+    assert autocheck.check_grad(torch.hypot, x, y, seed=0).ok

@@ -487,3 +487,23 @@ def test_an_overflowed_divisor_is_found_where_the_probes_sum_overflows():
     assert trusted[0].tolist() in (True, [True, True])
     _, trusted, _ = oracle.fast([expr], [x], [torch.tensor([1.2e154, 1e155], dtype=torch.float64)], accuracy=1e-14)
     assert trusted[0].tolist() == [True, False]
+
+
+def test_an_underflowed_intermediate_that_a_root_and_a_quotient_magnify_is_not_trusted():
+    # x/sqrt(x**2 + y**2) at x = -3.75e-162, y = -2.3e-280: x**2 is subnormal (two significant
+    # bits), and float64 gives -0.9746 where the exact value is -1.0 (to 236 digits)
+    expr = x / sympy.sqrt(x**2 + y**2)
+    point = ([-3.75e-162, 3.0], [-2.3e-280, 4.0])
+    values, trusted, _ = oracle.fast([expr], [x, y], [torch.tensor(p, dtype=torch.float64) for p in point], accuracy=1e-14)
+    assert values[0].tolist() == [pytest.approx(-0.974043409), 0.6]
+    assert trusted[0].tolist() == [False, True]
+    assert exact(expr, *point, symbols=(x, y)) == [-1.0, 0.6]
+
+
+def test_underflow_that_a_sum_drowns_or_that_the_value_shares_is_trusted():
+    # 1/(1 + e**-x) at 800: e**-x underflows to 0 inside the divisor, and 1 + 0 is the exact 1
+    # rounded; sigmoid's derivative at 740 and 800 is subnormal or 0 itself (judged against atol)
+    points = torch.tensor([740.0, 800.0, 1.0], dtype=torch.float64)
+    for expr in (1 / (1 + sympy.exp(-x)), sympy.exp(-x) / (1 + sympy.exp(-x)) ** 2):
+        _, trusted, _ = oracle.fast([expr], [x], [points], accuracy=1e-14)
+        assert trusted[0].tolist() in (True, [True, True, True])
