@@ -176,6 +176,15 @@ class Verdict:
     block_size: int = 1
     # Directional checks: judgements whose exact side needed the arbitrary-precision tier
     precise: int = 0
+    # Elements whose exact values float64 could not vouch for, by how they were found instead:
+    # "rewritten" (an equivalent form, or long double), "certified" (proven: an arb ball, or a
+    # magnitude certainly beyond float64's range), "uncertified" (mpmath, a limit)
+    sources: dict[str, int] = field(default_factory=dict)
+
+    def found(self, sources: dict[str, int]) -> None:
+        for name, count in sources.items():
+            if count:
+                self.sources[name] = self.sources.get(name, 0) + count
 
     def skip(self, reason: str, count: int) -> None:
         if count:
@@ -197,6 +206,7 @@ class Verdict:
         self.wrong_blocks += other.wrong_blocks
         self.block_size = max(self.block_size, other.block_size)
         self.precise += other.precise
+        self.found(other.sources)
 
 
 def _rank(row: Row) -> tuple[bool, float, str, str, str]:
@@ -256,6 +266,9 @@ class Refinement:
     # (indices, positions among them) -> where the allowance is beyond float64's range without
     # the underflow term
     unbounded: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # (indices, judged among them) -> how many of their exact values came from each tier beyond
+    # float64 (see Verdict.sources); None where not known
+    sources: Callable[[torch.Tensor, torch.Tensor], dict[str, int]] | None = None
 
 
 def judge(elements: Elements, refine: Refinement, dtype: torch.dtype, tol: Tolerance) -> Verdict:
@@ -454,6 +467,8 @@ def _judge_rest(elements: Elements, refine: Refinement, rest: torch.Tensor, got_
     derivative = expected / upstream if upstream is not None else expected
     within |= (derivative.abs() > info.max) & (got == torch.sign(expected) * torch.inf)
     judged = finite
+    if refine.sources is not None:
+        verdict.found(refine.sources(rest, judged))
     failing = judged & ~within
     if refine.kink is not None and bool(failing.any()):
         # Only where autograd has a finite value can it lie between the one-sided derivatives.

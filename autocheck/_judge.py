@@ -141,7 +141,7 @@ class Exact:
         flat = [c.expand(shape).reshape(-1).cpu() for c in columns]
         # The oracle's cheap tiers first: log_ndtr's local derivative at -1e44 is about 1e44,
         # which its scaled form gives at once and arb would spend seconds failing to find.
-        values, lost = _oracle.settled_values(partials, self.derivatives.symbols, flat, accuracy=ATOM_ACCURACY)
+        values, lost, _ = _oracle.settled_values(partials, self.derivatives.symbols, flat, accuracy=ATOM_ACCURACY)
         # A value found and finite; where none was found (a pole: asin's 1/sqrt(1 - s**2) at the
         # s = 1 that sin**2 + cos**2 is exactly) the float64 value that stays says nothing.
         shape1 = flat[0].shape if flat else torch.Size([1])
@@ -334,6 +334,7 @@ def judge_points(check: Any, values: Sequence[torch.Tensor], generator: torch.Ge
 
         refine = Refinement(
             expected=lambda index: batch.expected(keys, weights, index),
+            sources=batch.sources,
             slack=slack,
             kink=batch.kink(keys[0], weights[0]) if kink else None,
             undefined=lambda index: exact.undefined(batch._columns(index), keys).reshape(-1),
@@ -444,6 +445,7 @@ class _Batch:
     shape: Any
     _slack: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # the last indices asked for, and their slack
     _atoms: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # and the atoms' values there
+    _sources: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the last expected values' sources
 
     @functools.cached_property
     def _flat(self) -> list[torch.Tensor]:
@@ -462,9 +464,22 @@ class _Batch:
         # The size of the computation: the allowance is rtol times it, so the oracle's error
         # stays within accuracy/rtol (1/16) of the allowance, however large that is.
         size = self.slack(keys, weights, index) / self.check.tol.rtol
-        values = _oracle.evaluate([self.exact.exprs[k] for k in keys], self.exact.derivatives.symbols, columns,
-                                  accuracy=self.check.accuracy, against=size, deadline=self.check.deadline.at)
+        values, _, sources = _oracle.settled_values(
+            [self.exact.exprs[k] for k in keys], self.exact.derivatives.symbols, columns,
+            accuracy=self.check.accuracy, against=size, deadline=self.check.deadline.at)
+        found = [s.expand(size.shape).reshape(-1) for s in sources if s is not None]
+        self._sources = (index, functools.reduce(torch.maximum, found) if found else None)
         return sum(w[index] * value.reshape(-1) for w, value in zip(weights, values))
+
+    def sources(self, index: torch.Tensor, judged: torch.Tensor) -> dict[str, int]:
+        """Of the values :meth:`expected` found last, at ``index``, where ``judged``: how many
+        came from each tier beyond float64 (an element's is the least exact of its entries')."""
+        if self._sources is None or self._sources[1] is None:
+            return {}
+        at = _positions(self._sources[0], index)
+        if at is None:
+            return {}
+        return _tally(self._sources[1][at], judged)
 
     def slack(self, keys: Sequence[int], weights: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """|weight| times the error model's slack (rtol times its bound) at ``points[index]``."""
@@ -532,7 +547,14 @@ class _Batch:
             autograd=grad.reshape(-1), expected=expected, trusted=torch.ones_like(skipped), skip=skipped,
             skip_input=torch.zeros_like(skipped), upstream=None, where=label, point=lambda index: rows[index],
         )
-        return elements, Refinement(expected=lambda index: expected[index], slack=lambda index: slack[index], kink=None)
+        # Each element's exact value is a sum: it is found as its least exact term was.
+        grouped = torch.zeros(input_shape.numel(), dtype=torch.int8)
+        codes = self._sources[1] if self._sources is not None else None
+        for code in sorted(_oracle.SOURCE_NAMES) if codes is not None else ():
+            grouped[(codes.reshape(shape) == code).to(torch.float64).sum_to_size(input_shape).reshape(-1) > 0] = code
+
+        return elements, Refinement(expected=lambda index: expected[index], slack=lambda index: slack[index], kink=None,
+                                    sources=lambda index, judged: _tally(grouped[index.cpu()], judged))
 
 
 # --------------------------------------------------------------------------------------
@@ -563,13 +585,19 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
     # Each entry to the accuracy asked of its own value: entries are few, and sums of them may cancel.
     got = torch.cat([g.detach().to(torch.float64).reshape(-1).cpu() for g in grads])
     try:
-        values_exact = _oracle.evaluate(list(exact.exprs), d.symbols, columns64, accuracy=check.accuracy,
-                                        deadline=check.deadline.at)
+        values_exact, _, sources = _oracle.settled_values(list(exact.exprs), d.symbols, columns64,
+                                                          accuracy=check.accuracy, deadline=check.deadline.at)
     except OutOfTime:
         verdict = Verdict()
         verdict.skip(OUT_OF_TIME, got.numel())
         return verdict
     expected = contract(_row(values_exact))
+    # An element of the contraction is found as the least exact entry with a part in it was.
+    found = torch.zeros(got.numel(), dtype=torch.int8)
+    for code in sorted(_oracle.SOURCE_NAMES) if any(s is not None for s in sources) else ():
+        indicator = [(s == code).to(torch.float64) if s is not None else torch.zeros(1, dtype=torch.float64)
+                     for s in sources]
+        found[contract(_row(indicator), absolute=True) > 0] = code
     skip = torch.full_like(got, not bool(torch.isfinite(forward.to(torch.float64)).all()), dtype=torch.bool)
     bad = torch.full_like(skip, not bool(torch.isfinite(point).all()))
     fast = _oracle.fast_values(list(exact.exprs), d.symbols)
@@ -596,8 +624,15 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
         point=lambda index: point[index].reshape(-1, 1), index=index_of,
     )
     refine = Refinement(expected=lambda index: expected[index], slack=lambda index: slack[index],
-                        kink=kink if d.order == 1 else None)
+                        kink=kink if d.order == 1 else None, sources=lambda index, judged: _tally(found[index], judged))
     return judge(elements, refine, check.dtype, check.tol)
+
+
+def _tally(found: torch.Tensor, judged: torch.Tensor) -> dict[str, int]:
+    """How many ``judged`` elements had their exact values from each tier beyond float64
+    (``found``: their ``_oracle`` source codes)."""
+    found = found.to(judged.device)
+    return {name: int((judged & (found == code)).sum()) for code, name in _oracle.SOURCE_NAMES.items()}
 
 
 def _which(starts: np.ndarray, k: int) -> int:

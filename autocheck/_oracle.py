@@ -68,6 +68,13 @@ __all__ = ["TRUSTED_ERROR", "evaluate", "fast", "fast_values"]
 #: the result) that a correctly rounded reference trusts without re-evaluating.
 TRUSTED_ERROR = 16.0
 
+#: How an exact value was found (:func:`settled_values`): float64 within its error bound;
+#: float64 in an equivalent form, or long double, within theirs; proven (an arb ball whose
+#: ends round alike, or a magnitude certainly beyond float64's range); mpmath or a limit.
+FLOAT64, REWRITTEN, CERTIFIED, UNCERTIFIED = 0, 1, 2, 3
+#: Their names in a report (float64's count is what is left of the elements checked).
+SOURCE_NAMES = {REWRITTEN: "rewritten", CERTIFIED: "certified", UNCERTIFIED: "uncertified"}
+
 _ROUNDOFF = 2.0**-53
 _SMALLEST_NORMAL = 2.2250738585072014e-308
 _LARGEST_RECIPROCAL = 1 / _SMALLEST_NORMAL  # 2**1022, exact
@@ -494,7 +501,9 @@ def settled_values(
         One float64 tensor per expression, on the values' device, of the
         broadcast shape; nan or ±inf exactly where the true value is. Then, per
         expression, a mask of the points where no value was found (a pole without a
-        limit, or no reference): there the IEEE float64 value stays.
+        limit, or no reference): there the IEEE float64 value stays. Then, per
+        expression, how each value was found (:data:`FLOAT64`, :data:`REWRITTEN`,
+        :data:`CERTIFIED` or :data:`UNCERTIFIED`, int8), or None where every value is float64's.
 
     >>> x = sympy.Symbol("x", real=True)
     >>> evaluate([sympy.diff(sympy.sinc(x), x)], [x], [torch.tensor([0.0])])
@@ -506,6 +515,7 @@ def settled_values(
     values = _float64(values)
     outputs, probes = plan.run(*values)
     lost = [torch.zeros((), dtype=torch.bool) for _ in outputs]
+    sources: list[torch.Tensor | None] = [None for _ in outputs]
     bounds = None
     for i, (output, probe) in enumerate(zip(outputs, probes)):
         beyond = ~_finite(output, probe)  # float64's range was left
@@ -524,6 +534,9 @@ def settled_values(
             untrusted |= ~(error <= allowed)
         # Checks only: a correctly rounded reference (accuracy=None) needs more than the bound of
         # a factored product promises (a rounded power's kernel error is not in it).
+        if not bool(untrusted.any()):
+            continue
+        before = untrusted
         for form in plan.forms[i] if accuracy is not None else ():
             if not bool(untrusted.any()):
                 break
@@ -532,9 +545,11 @@ def settled_values(
         if bool(untrusted.any()) and plan.extended[i] is not None:
             output, untrusted = _try_extended(plan, i, output, untrusted, values, accuracy, against)
             outputs[i] = output
+        sources[i] = torch.where(before & ~untrusted, REWRITTEN, FLOAT64).to(torch.int8)
         if bool(untrusted.any()):
-            outputs[i], lost[i] = _refine(plan, i, output, untrusted, beyond, values, deadline)
-    return tuple(outputs), tuple(lost)
+            outputs[i], lost[i], refined = _refine(plan, i, output, untrusted, beyond, values, deadline)
+            sources[i] = torch.maximum(sources[i], refined.to(sources[i].device))
+    return tuple(outputs), tuple(lost), tuple(sources)
 
 
 def _try_form(form: _Plan, output: torch.Tensor, untrusted: torch.Tensor, values: list[torch.Tensor],
@@ -605,21 +620,25 @@ MAGNITUDE_POINTS = 32
 
 
 def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, beyond: torch.Tensor,
-            values: list[torch.Tensor], deadline: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+            values: list[torch.Tensor], deadline: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Replace the untrusted entries of ``output`` by high-precision values where there is one;
-    and where there was none (a pole: the IEEE value stays)."""
+    and where there was none (a pole: the IEEE value stays); and how each was found
+    (:data:`CERTIFIED` or :data:`UNCERTIFIED`; :data:`FLOAT64` where nothing was replaced)."""
     inputs = torch.broadcast_tensors(*values) if values else []
     for v in inputs:
         untrusted &= ~torch.isnan(v)  # nan in, nan out: nothing to refine
     if not bool(untrusted.any()):
-        return output, torch.zeros_like(untrusted)
+        return output, torch.zeros_like(untrusted), torch.zeros(untrusted.shape, dtype=torch.int8)
     columns = [v[untrusted].cpu() for v in inputs]
     replaced = output[untrusted].cpu().numpy()
     points = torch.stack(columns, dim=-1).numpy() if columns else np.zeros((1, 0))
     # Points settled in high precision before (a search's special values come back in every batch).
-    remembered, known = _precise.remembered(plan.exprs[i], plan.symbols, points) if columns else (None, np.zeros(1, bool))
-    if known.any():
-        replaced[known] = remembered[known]
+    if columns:
+        memo = _precise.remembered(plan.exprs[i], plan.symbols, points)
+        known, proven = memo.found[:, 0].copy(), memo.certified[:, 0].copy()
+        replaced[known] = memo.values[known, 0]
+    else:
+        known, proven = np.zeros(1, bool), np.zeros(1, bool)
     # Then, all at once: values far outside float64's range round to 0 or to an infinity. The
     # points beyond it in float64 are tried, and, where there are many, all the others too
     # (e**-x x at 1e69 is 0.0 in float64, trusted by no bound, and certainly rounds to 0).
@@ -632,16 +651,21 @@ def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, 
         where = np.flatnonzero(outside)[settled]
         replaced[where] = value[settled]
         known[where] = True
+        proven[where] = True  # certainly beyond float64's range
     rest = ~known
     if rest.any():
         exact = _precise.exact_values([plan.exprs[i]], plan.symbols, points[rest], deadline=deadline)
         found = exact.found[:, 0]
         replaced[np.flatnonzero(rest)[found]] = exact.values[found, 0]
         known[np.flatnonzero(rest)[found]] = True
+        proven[np.flatnonzero(rest)] = exact.certified[:, 0] & found
     if deadline is not None and time.monotonic() >= deadline and not bool(known.all()):
         raise OutOfTime(f"{int((~known).sum())} exact values were not computed before the deadline")
     output = output.clone()
     output[untrusted] = torch.from_numpy(replaced).to(output.device)
     lost = torch.zeros_like(untrusted)
     lost[untrusted] = torch.from_numpy(~known).to(lost.device)
-    return output, lost
+    source = torch.zeros(untrusted.shape, dtype=torch.int8)
+    source[untrusted.cpu()] = torch.from_numpy(np.where(known, np.where(proven, CERTIFIED, UNCERTIFIED), FLOAT64)
+                                               .astype(np.int8))
+    return output, lost, source

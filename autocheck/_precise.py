@@ -194,18 +194,19 @@ def exact_values(
 MEMO_POINTS = 4096
 
 
-def remembered(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def remembered(expr: sympy.Expr, symbols: Sequence[sympy.Symbol], points: np.ndarray) -> Exact:
     """Values of ``expr`` already settled at rows of ``points`` (a search meets its special
-    values in every batch): (values, found), without computing anything new."""
+    values in every batch), without computing anything new: :class:`Exact` of one column."""
     memo = _reference(sympy.sympify(expr), tuple(symbols), _printer.registrations()).memo
-    values = np.full(len(points), math.nan)
-    found = np.zeros(len(points), dtype=bool)
+    values = np.full((len(points), 1), math.nan)
+    found = np.zeros((len(points), 1), dtype=bool)
+    certified = np.zeros((len(points), 1), dtype=bool)
     if memo:
         for i, key in enumerate(np.ascontiguousarray(points, dtype=np.float64).view(np.int64).tolist()):
             known = memo.get(tuple(key))
             if known is not None and known[1]:
-                values[i], found[i] = known[0], True
-    return values, found
+                values[i, 0], found[i, 0], certified[i, 0] = known
+    return Exact(values, found, certified)
 
 
 class _NoValue(Exception):

@@ -43,6 +43,12 @@ class Report:
             ``x.grad``), ``"fwd"`` (forward mode, the JVP) and ``"vmap"`` (batched gradients).
         reproduce: one line of Python that replays the failure.
         timed_out: the deadline ended the check before every point was judged.
+        exact_values: how the exact values of the judged elements were found, as counts:
+            ``"float64"`` (float64 within the error model's bound), ``"rewritten"`` (float64
+            in an equivalent form, or long double, within theirs), ``"certified"`` (proven:
+            arb ball arithmetic, whose radius shows every digit right, or a magnitude certainly
+            beyond float64's range), ``"uncertified"`` (mpmath, or a limit at a point where the
+            formula has no value). Empty for a function of large tensors (checked along directions).
     """
 
     ok: bool
@@ -71,6 +77,7 @@ class Report:
     failing: list[tuple[float, ...]] = field(default_factory=list)
     failed_at_least: bool = False
     modes: tuple[str, ...] = ("rev",)
+    exact_values: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -112,6 +119,7 @@ class Report:
             "notes": list(self.notes),
             "reproduce": self.reproduce,
             "timed_out": self.timed_out,
+            "exact_values": dict(self.exact_values),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -259,6 +267,7 @@ def build_report(
         failing=list(verdict.failing),
         failed_at_least=at_least,
         modes=tuple(check.modes),
+        exact_values=_exact_values(verdict) if not directional else {},
     )
     if not report.ok:
         report.reproduce = _reproduce(check, inputs, report.counterexample, reference)
@@ -476,6 +485,22 @@ def points_table(report: Report) -> list[str]:
     return table(rows, header)
 
 
+def _exact_values(verdict: Any) -> dict[str, int]:
+    beyond = {name: verdict.sources.get(name, 0) for name in ("rewritten", "certified", "uncertified")}
+    return {"float64": max(verdict.checked - sum(beyond.values()), 0), **beyond}
+
+
+def _sources_line(counts: dict[str, int]) -> str | None:
+    """Where float64 did not settle every exact value: how the others were found."""
+    if not any(counts.get(name) for name in ("rewritten", "certified", "uncertified")):
+        return None
+    parts = [(counts.get("float64", 0), "in float64 within its error bound"),
+             (counts.get("rewritten", 0), "in an equivalent form or long double"),
+             (counts.get("certified", 0), "certified (arb ball arithmetic, or proven beyond float64's range)"),
+             (counts.get("uncertified", 0), "from mpmath or a limit (not certified)")]
+    return "Exact values: " + ", ".join(f"{n:,} {how}" for n, how in parts if n)
+
+
 def format_report(report: Report) -> str:
     """The report as text: headline, counts, worst points, formula, reproduce line."""
     kind = "gradient" if report.order == 1 else f"order-{report.order} derivative"
@@ -510,6 +535,9 @@ def format_report(report: Report) -> str:
         lines.append(f"Checked {total} elements; skipped {skipped} ({reasons})")
     else:
         lines.append(f"Checked {total} elements")
+    sources = _sources_line(report.exact_values)
+    if sources:
+        lines.append(sources)
     if report.worst:
         lines.append("Worst points:" if report.ok else "Failing points (worst first):")
         lines += points_table(report)

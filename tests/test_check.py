@@ -497,3 +497,23 @@ def test_a_backward_whose_square_underflows_is_caught_where_the_exact_value_is_1
     assert rows["d/dx", (0,)].exact == -1.0 and rows["d/dx", (0,)].autograd == pytest.approx(-0.974043409)
     assert rows["d/dy", (0,)].exact == pytest.approx(-2.3e-280 / 3.75e-162, rel=1e-15)
     assert autocheck.check_grad(torch.hypot, x, y, seed=0).ok
+
+
+def test_the_report_says_how_the_exact_values_were_found():
+    # x**2 e**x on its default points: float64 within its error bound everywhere, and no line
+    report = autocheck.check_grad(lambda x: x * x * torch.exp(x), seed=0)
+    assert report.exact_values == {"float64": report.checked, "rewritten": 0, "certified": 0, "uncertified": 0}
+    assert "Exact values:" not in str(report)
+    # trigamma's derivative calls torch's polygamma kernel, which is not accurate to float64:
+    # arb computes the values, and its balls prove them
+    report = autocheck.check_grad(lambda x: torch.special.polygamma(1, x), torch.tensor([0.5, 3.0, 40.0], dtype=F64))
+    assert report.exact_values == {"float64": 0, "rewritten": 0, "certified": 3, "uncertified": 0}
+    assert "Exact values: 3 certified (arb ball arithmetic" in str(report)
+    assert report.to_dict()["exact_values"] == report.exact_values
+
+
+def test_exact_values_found_beyond_float64_are_counted_once_per_judged_element():
+    report = autocheck.check_grad(torch.special.i0e, seed=0)
+    counts = report.exact_values
+    assert sum(counts.values()) == report.checked and counts["certified"] > 0
+    assert f"Exact values: {counts['float64']:,} in float64 within its error bound" in str(report)
