@@ -507,12 +507,11 @@ class _Batch:
         return torch.stack([masks[k].reshape(-1) for k in keys]).any(dim=0)
 
     def kink(self, key: int, weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        fast = _oracle.fast_values([self.exact.exprs[key]], self.exact.derivatives.symbols)
-        anywhere = self.exact.jumps[key] and not self.check.strict
-
-        shifted = self.exact.shifted[key] if not self.check.strict else None
-
         def accepted(index: torch.Tensor, got: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+            # Compiled here, on first need: most checks have no element for the kink test.
+            fast = _oracle.fast_values([self.exact.exprs[key]], self.exact.derivatives.symbols)
+            anywhere = self.exact.jumps[key] and not self.check.strict
+            shifted = self.exact.shifted[key] if not self.check.strict else None
             w = weight[index]
             at = lambda moved: w * fast(*[moved[:, j] for j in range(moved.shape[1])])[0].reshape(-1)  # noqa: E731
             kink = kink_test(self.points_at(index), got, at, allowed, self.check.dtype, anywhere)

@@ -55,7 +55,13 @@ _FIX_REGISTER = (
 # --------------------------------------------------------------------------------------
 
 
-def _constant_table() -> dict[float, sympy.Expr]:
+@functools.cache
+def known_constants() -> dict[float, sympy.Expr]:
+    """Doubles that are the correctly rounded value of a well-known irrational constant, and
+    that constant. torch's composite kernels and decompositions carry such constants as
+    doubles (special.ndtr is erf(x * M_SQRT1_2); gelu uses M_2_SQRTPI), and so does
+    ``math.pi`` in user code; read back exactly, they keep a derivative such as ndtr's
+    exp(-x**2/2)/sqrt(2*pi) exact. Built on first use (a first check may need none)."""
     pi, e, sqrt = sympy.pi, sympy.E, sympy.sqrt
     constants = [
         pi, 2 * pi, pi / 2, pi / 4, 1 / pi, 2 / pi, e, 1 / e,
@@ -66,20 +72,13 @@ def _constant_table() -> dict[float, sympy.Expr]:
     return {float(sympy.N(c, 40)): c for c in constants}
 
 
-#: Doubles that are the correctly rounded value of a well-known irrational constant, and that
-#: constant. torch's composite kernels and decompositions carry such constants as doubles
-#: (special.ndtr is erf(x * M_SQRT1_2); gelu uses M_2_SQRTPI), and so does `math.pi` in user
-#: code; read back exactly, they keep a derivative such as ndtr's exp(-x**2/2)/sqrt(2*pi) exact.
-KNOWN_CONSTANTS: dict[float, sympy.Expr] = _constant_table()
-
-
 def exact_number(value: Any) -> sympy.Expr:
     """A Python or numpy scalar as an exact SymPy number.
 
     Floats become the rational that their shortest repr spells (0.1 -> 1/10): that is what
     the user wrote, it is within half an ULP of the float, and it keeps derivatives free
     of 53-bit folding of constants such as pi. A double that rounds a constant from
-    :data:`KNOWN_CONSTANTS` (``math.pi``, ``1/math.sqrt(2)``) becomes that constant.
+    :func:`known_constants` (``math.pi``, ``1/math.sqrt(2)``) becomes that constant.
     This is the rule for Python floats and float64 tensor elements; elements of narrower
     float tensors are read with :func:`exact_binary` instead (see :func:`_constant_array`).
     """
@@ -91,7 +90,7 @@ def exact_number(value: Any) -> sympy.Expr:
     special = _non_finite(value)
     if special is not None:
         return special
-    known = KNOWN_CONSTANTS.get(abs(value))
+    known = known_constants().get(abs(value))
     if known is not None:
         return known if value > 0 else -known
     return sympy.Rational(repr(value))
