@@ -476,7 +476,8 @@ def _ties_even(mode: Tangents, func, args, kwargs, out) -> None:
     schema = func._schema.arguments
     bound = {a.name: (args[i] if i < len(args) else kwargs.get(a.name, a.default_value)) for i, a in enumerate(schema)}
     dims = bound.get("dim", ())
-    dims = tuple(range(source.ndim)) if dims in ((), None) else ((dims,) if isinstance(dims, int) else tuple(dims))
+    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())  # the schema's default is [], a list
+    dims = dims or tuple(range(source.ndim))  # none named: all of them
     dims = tuple(d % max(source.ndim, 1) for d in dims) if source.ndim else ()
     keep = bool(bound.get("keepdim", False))
     if source.ndim == 0:

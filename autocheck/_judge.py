@@ -473,7 +473,8 @@ class _Batch:
 
     def sources(self, index: torch.Tensor, judged: torch.Tensor) -> dict[str, int]:
         """Of the values :meth:`expected` found last, at ``index``, where ``judged``: how many
-        came from each tier beyond float64 (an element's is the least exact of its entries')."""
+        came from each tier beyond float64 (an element's is the last tier any of its entries
+        needed)."""
         if self._sources is None or self._sources[1] is None:
             return {}
         at = _positions(self._sources[0], index)
@@ -542,15 +543,16 @@ class _Batch:
         # The row of an element of a broadcast input shows its own value; the others vary over the sum.
         rows = torch.full((grad.numel(), len(self.columns)), math.nan, dtype=torch.float64)
         rows[:, i] = own.reshape(-1).cpu()
-        elements = Elements(
-            autograd=grad.reshape(-1), expected=expected, trusted=torch.ones_like(skipped), skip=skipped,
-            skip_input=torch.zeros_like(skipped), upstream=None, where=label, point=lambda index: rows[index],
-        )
-        # Each element's exact value is a sum: it is found as its least exact term was.
+        # Each element's exact value is a sum: it is found in the last tier any of its terms needed.
         grouped = torch.zeros(input_shape.numel(), dtype=torch.int8)
-        codes = self._sources[1] if self._sources is not None else None
+        codes = self._sources[1].cpu() if self._sources is not None and self._sources[1] is not None else None
         for code in sorted(_oracle.SOURCE_NAMES) if codes is not None else ():
             grouped[(codes.reshape(shape) == code).to(torch.float64).sum_to_size(input_shape).reshape(-1) > 0] = code
+        elements = Elements(
+            # The cheap test passes only sums of float64 values: the others are judged (and counted) in full.
+            autograd=grad.reshape(-1), expected=expected, trusted=(grouped == 0).to(skipped.device), skip=skipped,
+            skip_input=torch.zeros_like(skipped), upstream=None, where=label, point=lambda index: rows[index],
+        )
 
         return elements, Refinement(expected=lambda index: expected[index], slack=lambda index: slack[index], kink=None,
                                     sources=lambda index, judged: _tally(grouped[index.cpu()], judged))
@@ -591,7 +593,7 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
         verdict.skip(OUT_OF_TIME, got.numel())
         return verdict
     expected = contract(_row(values_exact))
-    # An element of the contraction is found as the least exact entry with a part in it was.
+    # An element of the contraction is found in the last tier any entry with a part in it needed.
     found = torch.zeros(got.numel(), dtype=torch.int8)
     for code in sorted(_oracle.SOURCE_NAMES) if any(s is not None for s in sources) else ():
         indicator = [(s == code).to(torch.float64) if s is not None else torch.zeros(1, dtype=torch.float64)

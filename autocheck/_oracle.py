@@ -382,11 +382,15 @@ def _finite(value: torch.Tensor, probe: torch.Tensor | None) -> torch.Tensor:
 
 def _underflowed(low: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor | None:
     """Where a magnifiable intermediate may be below the smallest normal number (its underflow
-    probe reaches the reciprocal of that: :func:`_underflow_probe`) and the value is not (a
-    value that small is judged against atol); None where that is nowhere, which one reduction
-    shows."""
-    if low is None or not float(low.amax()) >= _LARGEST_RECIPROCAL:
+    probe reaches the reciprocal of that: :func:`_underflow_probe`) and the value is not; None
+    where that is nowhere. A value below the normal range is judged against atol and left as it
+    is: there the error model's relative bound says nothing, and settling every such value in
+    high precision would cost seconds per check (mish' at -1e5 is 0 in float64 and long double).
+    That leaves a product that scales an underflowed intermediate up again, ``w·sqrt(x² + y²)``
+    at x, y ~ 1e-170 and w = 1e150, untrusted by nothing."""
+    if low is None:
         return None
+    # nan where a watched intermediate is (inf - inf): no cue for that element, and no other's
     underflowed = (low >= _LARGEST_RECIPROCAL) & (value.abs() >= _SMALLEST_NORMAL)
     return underflowed if bool(underflowed.any()) else None
 
@@ -666,6 +670,6 @@ def _refine(plan: _Plan, i: int, output: torch.Tensor, untrusted: torch.Tensor, 
     lost = torch.zeros_like(untrusted)
     lost[untrusted] = torch.from_numpy(~known).to(lost.device)
     source = torch.zeros(untrusted.shape, dtype=torch.int8)
-    source[untrusted.cpu()] = torch.from_numpy(np.where(known, np.where(proven, CERTIFIED, UNCERTIFIED), FLOAT64)
-                                               .astype(np.int8))
+    # Where no value was found the IEEE value stays: not one float64 vouched for.
+    source[untrusted.cpu()] = torch.from_numpy(np.where(known & proven, CERTIFIED, UNCERTIFIED).astype(np.int8))
     return output, lost, source

@@ -517,3 +517,16 @@ def test_exact_values_found_beyond_float64_are_counted_once_per_judged_element()
     counts = report.exact_values
     assert sum(counts.values()) == report.checked and counts["certified"] > 0
     assert f"Exact values: {counts['float64']:,} in float64 within its error bound" in str(report)
+
+
+def test_a_nan_elsewhere_in_the_batch_does_not_hide_an_underflowed_intermediate():
+    hand_written = function(torch.hypot, lambda g, x, y: (g * x / torch.sqrt(x * x + y * y), g * y / torch.sqrt(x * x + y * y)))
+    report = autocheck.check_grad(hand_written, grid(-3.75e-162, 3.0, math.nan), grid(-2.3e-280, 4.0, 1.0), seed=0)
+    assert report.failed == 2 and {row.index for row in report.worst if row.failed} == {(0,)}
+
+
+def test_exact_values_of_a_broadcast_input_count_each_summed_element_by_its_terms():
+    # y's gradient sums polygamma(1, x) over x, all three values from arb: both elements certified
+    report = autocheck.check_grad(lambda x, y: torch.special.polygamma(1, x) * y,
+                                  grid(0.5, 3.0, 40.0).reshape(3, 1), grid(1.5, 2.0).reshape(1, 2), seed=0)
+    assert report.exact_values == {"float64": 0, "rewritten": 0, "certified": 5, "uncertified": 0}

@@ -669,3 +669,10 @@ def test_arbitrary_precision_gives_no_value_at_a_kink_or_pole(f, point):
 
     with pytest.raises(_dual.Unavailable):
         _dual.Graph(f, [point], [0], [torch.tensor([[1.0, 2.0, 3.0]], dtype=F64)]).contract(torch.ones(3, dtype=F64))
+
+
+@pytest.mark.parametrize("reduce", [torch.amin, torch.amax])
+def test_a_reduction_over_every_dimension_is_checked_along_directions(reduce):
+    # amin(x) with no dim: the schema's default dim is [] (a list), meaning all of them
+    report = autocheck.check_grad(lambda x: reduce(x), randn(3, 5, 1, 8), seed=0)
+    assert report.ok and report.checked == 120 and report.formula.startswith("<v, J u>")

@@ -507,3 +507,9 @@ def test_underflow_that_a_sum_drowns_or_that_the_value_shares_is_trusted():
     for expr in (1 / (1 + sympy.exp(-x)), sympy.exp(-x) / (1 + sympy.exp(-x)) ** 2):
         _, trusted, _ = oracle.fast([expr], [x], [points], accuracy=1e-14)
         assert trusted[0].tolist() in (True, [True, True, True])
+
+
+def test_the_float64_tier_takes_empty_points():
+    values, trusted, _ = oracle.fast([x / sympy.sqrt(x**2 + y**2)], [x, y], [torch.empty(0, dtype=torch.float64)] * 2,
+                                     accuracy=1e-14)
+    assert values[0].shape == (0,) and trusted[0].numel() in (0, 1)
