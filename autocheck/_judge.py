@@ -543,11 +543,9 @@ class _Batch:
         # The row of an element of a broadcast input shows its own value; the others vary over the sum.
         rows = torch.full((grad.numel(), len(self.columns)), math.nan, dtype=torch.float64)
         rows[:, i] = own.reshape(-1).cpu()
-        # Each element's exact value is a sum: it is found in the last tier any of its terms needed.
-        grouped = torch.zeros(input_shape.numel(), dtype=torch.int8)
-        codes = self._sources[1].cpu() if self._sources is not None and self._sources[1] is not None else None
-        for code in sorted(_oracle.SOURCE_NAMES) if codes is not None else ():
-            grouped[(codes.reshape(shape) == code).to(torch.float64).sum_to_size(input_shape).reshape(-1) > 0] = code
+        codes = self._sources[1] if self._sources is not None else None
+        grouped = _last_tier(codes.reshape(shape) if codes is not None else None,
+                             lambda terms: terms.sum_to_size(input_shape).reshape(-1), input_shape.numel())
         elements = Elements(
             # The cheap test passes only sums of float64 values: the others are judged (and counted) in full.
             autograd=grad.reshape(-1), expected=expected, trusted=(grouped == 0).to(skipped.device), skip=skipped,
@@ -593,12 +591,9 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
         verdict.skip(OUT_OF_TIME, got.numel())
         return verdict
     expected = contract(_row(values_exact))
-    # An element of the contraction is found in the last tier any entry with a part in it needed.
-    found = torch.zeros(got.numel(), dtype=torch.int8)
-    for code in sorted(_oracle.SOURCE_NAMES) if any(s is not None for s in sources) else ():
-        indicator = [(s == code).to(torch.float64) if s is not None else torch.zeros(1, dtype=torch.float64)
-                     for s in sources]
-        found[contract(_row(indicator), absolute=True) > 0] = code
+    codes = _row([s if s is not None else torch.zeros(1, dtype=torch.int8) for s in sources]) \
+        if any(s is not None for s in sources) else None
+    found = _last_tier(codes, lambda terms: contract(terms, absolute=True), got.numel())
     skip = torch.full_like(got, not bool(torch.isfinite(forward.to(torch.float64)).all()), dtype=torch.bool)
     bad = torch.full_like(skip, not bool(torch.isfinite(point).all()))
     fast = _oracle.fast_values(list(exact.exprs), d.symbols)
@@ -627,6 +622,16 @@ def judge_tensor(check: Any, columns: Sequence[torch.Tensor], generator: torch.G
     refine = Refinement(expected=lambda index: expected[index], slack=lambda index: slack[index],
                         kink=kink if d.order == 1 else None, sources=lambda index, judged: _tally(found[index], judged))
     return judge(elements, refine, check.dtype, check.tol)
+
+
+def _last_tier(codes: torch.Tensor | None, total: Callable[[torch.Tensor], torch.Tensor], n: int) -> torch.Tensor:
+    """Per element of ``n`` whose exact value is a sum of terms (``total`` sums a float64 tensor
+    shaped like ``codes`` into them): the last tier any of its terms needed (``_oracle``'s
+    source codes; None: all float64)."""
+    found = torch.zeros(n, dtype=torch.int8)
+    for code in sorted(_oracle.SOURCE_NAMES) if codes is not None else ():
+        found[(total((codes == code).to(torch.float64)) > 0).cpu()] = code
+    return found
 
 
 def _tally(found: torch.Tensor, judged: torch.Tensor) -> dict[str, int]:

@@ -391,7 +391,10 @@ def _underflowed(low: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor 
     if low is None:
         return None
     # nan where a watched intermediate is (inf - inf): no cue for that element, and no other's
-    underflowed = (low >= _LARGEST_RECIPROCAL) & (value.abs() >= _SMALLEST_NORMAL)
+    underflowed = low >= _LARGEST_RECIPROCAL
+    if not bool(underflowed.any()):  # the common case: two passes
+        return None
+    underflowed &= value.abs() >= _SMALLEST_NORMAL
     return underflowed if bool(underflowed.any()) else None
 
 

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from ._autograd import Fault
 from ._compare import FORWARD_LABEL, MODE_LABELS, Row
 from ._judge import LOCATED
+from ._oracle import SOURCE_NAMES
 from ._trace import function_name
 
 __all__ = ["Report", "build_report", "function_name"]
@@ -486,13 +487,13 @@ def points_table(report: Report) -> list[str]:
 
 
 def _exact_values(verdict: Any) -> dict[str, int]:
-    beyond = {name: verdict.sources.get(name, 0) for name in ("rewritten", "certified", "uncertified")}
+    beyond = {name: verdict.sources.get(name, 0) for name in SOURCE_NAMES.values()}
     return {"float64": max(verdict.checked - sum(beyond.values()), 0), **beyond}
 
 
 def _sources_line(counts: dict[str, int]) -> str | None:
     """Where float64 did not settle every exact value: how the others were found."""
-    if not any(counts.get(name) for name in ("rewritten", "certified", "uncertified")):
+    if not any(counts.get(name) for name in SOURCE_NAMES.values()):
         return None
     parts = [(counts.get("float64", 0), "in float64 within its error bound"),
              (counts.get("rewritten", 0), "in an equivalent form or long double"),
